@@ -1,0 +1,35 @@
+"""Which shards (dynamic partitions) a run covers, read from Dagster's run tags."""
+
+from __future__ import annotations
+
+import dagster as dg
+from dagster._core.storage.tags import (
+    ASSET_PARTITION_RANGE_END_TAG,
+    ASSET_PARTITION_RANGE_START_TAG,
+    PARTITION_NAME_TAG,
+)
+
+from datapool_pipeline.errors import ConfigError
+
+DATASET_TAG = "datapool/dataset"
+
+
+def partition_range_tags(start: str, end: str) -> dict[str, str]:
+    return {ASSET_PARTITION_RANGE_START_TAG: start, ASSET_PARTITION_RANGE_END_TAG: end}
+
+
+def run_shard_keys(context: dg.AssetExecutionContext, partitions_def_name: str) -> list[str]:
+    tags = context.run.tags
+    keys = context.instance.get_dynamic_partitions(partitions_def_name)
+    if PARTITION_NAME_TAG in tags:
+        return [tags[PARTITION_NAME_TAG]]
+    start, end = tags.get(ASSET_PARTITION_RANGE_START_TAG), tags.get(ASSET_PARTITION_RANGE_END_TAG)
+    if start and end:
+        if start not in keys or end not in keys:
+            raise ConfigError(f"shard range {start}..{end} is not registered in {partitions_def_name}")
+        i, j = keys.index(start), keys.index(end)
+        return keys[min(i, j) : max(i, j) + 1]
+    raise ConfigError(
+        "this run targets no shards: launch it with `datapool run`, a sensor, or select shard "
+        "partitions in the launchpad"
+    )

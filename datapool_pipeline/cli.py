@@ -1,0 +1,195 @@
+"""`datapool`: run a dataset's pipeline through Dagster, list its tags, export a tag's filenames."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from datapool_pipeline.config import load_run_config_file, parse_run_config
+from datapool_pipeline.datapool import INITIAL_TAG, DatapoolStore
+from datapool_pipeline.datasets import DATASETS_ENV, DatasetSpec, datasets_file, load_datasets
+from datapool_pipeline.errors import ConfigError, DatapoolError, RunAborted
+from datapool_pipeline.storage import open_storage
+
+EXIT_ABORTED = 1
+EXIT_BAD_CONFIG = 2
+DEFAULT_DAGSTER_HOME = ".dagster_home"
+DEFAULT_INSTANCE_YAML = """\
+# Written by `datapool` for a new DAGSTER_HOME: SQLite storage, one datapool run per dataset at a time.
+concurrency:
+  pools:
+    default_limit: 1
+  runs:
+    tag_concurrency_limits:
+      - key: datapool/dataset
+        value:
+          applyLimitPerUniqueValue: true
+        limit: 1
+telemetry:
+  enabled: false
+"""
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="datapool", description="Grow a curated dataset from a bucket, one diverse tag per run."
+    )
+    parser.add_argument(
+        "--datasets", help=f"datasets.yaml to use (default: ${DATASETS_ENV} or ./datasets.yaml)", default=None
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="process new raw files and commit a new tag (through Dagster)")
+    run.add_argument("dataset")
+    run.add_argument("--config", help="run config YAML with worker_config / selection_config")
+    amount = run.add_mutually_exclusive_group()
+    amount.add_argument("--n-samples", type=int, help="new samples to add (overrides the config file)")
+    amount.add_argument("--proportion-samples", type=float, help="fraction of the new samples to add")
+    run.add_argument("--process-all", action="store_true", help="consider every raw file, not only new ones")
+    run.add_argument("--use-datapool", action="store_true", help="grow the existing datapool")
+    tags = sub.add_parser("tags", help="list tags, newest first, initial-tag last, with sample counts")
+    tags.add_argument("dataset")
+    export = sub.add_parser("export", help="print the filenames of a tag's samples, one per line")
+    export.add_argument("dataset")
+    export.add_argument("--tag", required=True, help=f"a tag name, or {INITIAL_TAG} for the whole datapool")
+    export.add_argument(
+        "--uri", action="store_true", help="print full locations (datasource + key) instead of keys"
+    )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        specs = load_datasets(args.datasets)
+        if args.dataset not in specs:
+            raise ConfigError(
+                f"no dataset named {args.dataset!r} in {datasets_file(args.datasets)}; "
+                f"known: {', '.join(sorted(specs))}"
+            )
+        spec = specs[args.dataset]
+        if args.command == "tags":
+            return _tags(spec)
+        if args.command == "export":
+            return _export(spec, args.tag, args.uri)
+        return _run(spec, args)
+    except ConfigError as exc:
+        print(f"datapool: error: {exc}", file=sys.stderr)
+        return EXIT_BAD_CONFIG
+    except DatapoolError as exc:
+        print(f"datapool: aborted: {exc}", file=sys.stderr)
+        return EXIT_ABORTED
+
+
+def _tags(spec: DatasetSpec) -> int:
+    state = DatapoolStore(open_storage(spec.output)).load_state()
+    width = max([len(INITIAL_TAG), *(len(c.tag) for c in state.commits)])
+    for commit in reversed(state.commits):
+        print(f"{commit.tag:<{width}}  {commit.n_samples}")
+    print(f"{INITIAL_TAG:<{width}}  {state.size}")
+    return 0
+
+
+def _export(spec: DatasetSpec, tag: str, uri: bool) -> int:
+    store = DatapoolStore(open_storage(spec.output))
+    samples = store.load_state().tag_samples(tag)
+    base = open_storage(spec.input if spec.type == "IMAGES" else spec.output)
+    out = sys.stdout
+    for name in samples.sort(["raw_key", "frame_index"])["sample_id"].to_list():
+        out.write((base.display(name) if uri else name) + "\n")
+    return 0
+
+
+def _merged_run_config(args: argparse.Namespace) -> dict[str, Any]:
+    raw: dict[str, Any] = load_run_config_file(args.config) if args.config else {}
+    worker = dict(raw.get("worker_config") or {})
+    selection = dict(raw.get("selection_config") or {})
+    if args.use_datapool:
+        worker["use_datapool"] = True
+    if args.process_all:
+        worker["datasource"] = {**(worker.get("datasource") or {}), "process_all": True}
+    if args.n_samples is not None:
+        selection.pop("proportion_samples", None)
+        selection["n_samples"] = args.n_samples
+    if args.proportion_samples is not None:
+        selection.pop("n_samples", None)
+        selection["proportion_samples"] = args.proportion_samples
+    return {**raw, "worker_config": worker, "selection_config": selection}
+
+
+def _dagster_home() -> Path:
+    """The persistent Dagster instance's folder; a new one gets our dagster.yaml (SQLite, limits)."""
+    home = os.environ.get("DAGSTER_HOME")
+    path = Path(home or DEFAULT_DAGSTER_HOME).resolve()
+    if not home:
+        print(f"datapool: DAGSTER_HOME is not set, using {path}", file=sys.stderr)
+    path.mkdir(parents=True, exist_ok=True)
+    config = path / "dagster.yaml"
+    if not config.exists():
+        config.write_text(DEFAULT_INSTANCE_YAML)
+        print(f"datapool: wrote a default instance config to {config}", file=sys.stderr)
+    os.environ["DAGSTER_HOME"] = str(path)
+    return path
+
+
+def _run(spec: DatasetSpec, args: argparse.Namespace) -> int:
+    raw_config = _merged_run_config(args)
+    run_config = parse_run_config(raw_config)
+    from datapool_pipeline.embedding.model import validate_embedding_spec
+
+    validate_embedding_spec(spec.embedding)
+    _dagster_home()
+    import dagster as dg
+
+    from datapool_pipeline.assets.run_config import op_run_config
+    from datapool_pipeline.launch import prepare_run, run_tags
+
+    datasets_path = str(datasets_file(args.datasets).resolve())
+    os.environ[DATASETS_ENV] = datasets_path
+    with dg.DagsterInstance.get() as instance:
+        prepared = prepare_run(spec, instance, run_config, log=lambda m: print(f"datapool: {m}", file=sys.stderr))
+        print(
+            f"datapool: {spec.name}: {prepared.files} raw file(s) to process in {len(prepared.shards)} shard(s)",
+            file=sys.stderr,
+        )
+        job = dg.build_reconstructable_job(
+            "datapool_pipeline.definitions", "job_for_dataset", reconstructable_args=(spec.name, datasets_path)
+        )
+        dagster_config = op_run_config(f"{spec.asset_prefix}__raw_files", raw_config)
+        dagster_config["loggers"] = {"console": {"config": {"log_level": "INFO"}}}
+        logging.getLogger("dagster").setLevel(logging.INFO)
+        with dg.execute_job(
+            job, instance=instance, run_config=dagster_config, tags=run_tags(spec, prepared), raise_on_error=False
+        ) as result:
+            if not result.success:
+                raise RunAborted(_failure_reason(result) + f" (Dagster run {result.run_id})")
+            run_id = result.run_id
+    state = DatapoolStore(open_storage(spec.output)).load_state()
+    commit = next(c for c in reversed(state.commits) if c.run_id == run_id)
+    print(
+        f"tag {commit.tag}: {commit.n_samples} samples added; datapool {commit.datapool_size - commit.n_samples}"
+        f" -> {commit.datapool_size}; report: "
+        f"{open_storage(spec.output).display(DatapoolStore.report_prefix(commit.tag))}/report.json"
+    )
+    return 0
+
+
+def _failure_reason(result: Any) -> str:
+    for event in result.all_events:
+        if event.is_step_failure:
+            error = event.step_failure_data.error
+            while error.cause is not None and error.cls_name.startswith("Dagster"):
+                error = error.cause
+            message = error.message.strip().splitlines()[0] if error.message else error.cls_name
+            prefix = f"{error.cls_name}: "
+            for candidate in (prefix, f"datapool_pipeline.errors.{prefix}"):
+                message = message.removeprefix(candidate)
+            return message
+    return "the Dagster run failed"
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

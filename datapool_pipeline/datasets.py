@@ -1,0 +1,192 @@
+"""datasets.yaml: loading and validation of the per-dataset settings."""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from datapool_pipeline.errors import ConfigError
+
+DEFAULT_DATASETS_FILE = "datasets.yaml"
+DATASETS_ENV = "DATAPOOL_DATASETS"
+DATASET_TYPES = ("IMAGES", "VIDEOS")
+_NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,62}$")
+_URI_SCHEMES = ("file://", "s3://", "gs://", "az://")
+
+
+@dataclass(frozen=True)
+class EmbeddingSpec:
+    """Which open_clip model embeds a dataset's samples. Fixed per dataset: changing it re-embeds."""
+
+    model: str = "ViT-B-32"
+    pretrained: str | None = "laion2b_s34b_b79k"
+    batch_size: int = 32
+    device: str = "auto"
+    seed: int = 0
+
+    @property
+    def fingerprint(self) -> str:
+        """Identifies the embedding space; cached embeddings are only reused under the same one."""
+        pretrained = self.pretrained or f"none-seed{self.seed}"
+        if self.pretrained and os.path.sep in self.pretrained:
+            stat = Path(self.pretrained).stat() if Path(self.pretrained).exists() else None
+            pretrained = f"{Path(self.pretrained).name}-{stat.st_size if stat else 0}"
+        return re.sub(r"[^A-Za-z0-9._-]+", "_", f"{self.model}--{pretrained}")
+
+
+@dataclass(frozen=True)
+class VideoSpec:
+    """Frame extraction settings for VIDEOS datasets (defaults keep every frame)."""
+
+    fps: float | None = None
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    name: str
+    type: str
+    input: str
+    output: str
+    embedding: EmbeddingSpec = field(default_factory=EmbeddingSpec)
+    video: VideoSpec = field(default_factory=VideoSpec)
+    images_per_shard: int = 256
+    seed: int = 0
+
+    @property
+    def asset_prefix(self) -> str:
+        return self.name.replace("-", "_")
+
+
+def datasets_file(path: str | os.PathLike[str] | None = None) -> Path:
+    return Path(path or os.environ.get(DATASETS_ENV) or DEFAULT_DATASETS_FILE)
+
+
+def load_datasets(path: str | os.PathLike[str] | None = None) -> dict[str, DatasetSpec]:
+    """Read and validate datasets.yaml; relative local paths are resolved against its folder."""
+    file = datasets_file(path)
+    if not file.exists():
+        raise ConfigError(
+            f"datasets file {file} not found: pass --datasets FILE or set {DATASETS_ENV}"
+        )
+    try:
+        raw = yaml.safe_load(file.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{file} is not valid YAML: {exc}") from None
+    return parse_datasets(raw, base_dir=file.resolve().parent, source=str(file))
+
+
+def parse_datasets(raw: Any, base_dir: Path, source: str = "datasets.yaml") -> dict[str, DatasetSpec]:
+    if not isinstance(raw, dict) or not isinstance(raw.get("datasets"), dict) or not raw["datasets"]:
+        raise ConfigError(f"{source}: expected a top-level 'datasets:' mapping of dataset name -> settings")
+    unknown = set(raw) - {"datasets"}
+    if unknown:
+        raise ConfigError(f"{source}: unknown top-level key(s) {sorted(unknown)}; only 'datasets' is allowed")
+    specs: dict[str, DatasetSpec] = {}
+    prefixes: dict[str, str] = {}
+    for name, body in raw["datasets"].items():
+        spec = _parse_dataset(str(name), body, base_dir, source)
+        if spec.asset_prefix in prefixes:
+            raise ConfigError(
+                f"{source}: datasets '{prefixes[spec.asset_prefix]}' and '{name}' map to the same "
+                "Dagster asset prefix; rename one"
+            )
+        prefixes[spec.asset_prefix] = spec.name
+        specs[spec.name] = spec
+    return specs
+
+
+def _parse_dataset(name: str, body: Any, base_dir: Path, source: str) -> DatasetSpec:
+    where = f"{source}: datasets.{name}"
+    if not _NAME_RE.match(name):
+        raise ConfigError(f"{where}: the name must start with a letter and use only letters, digits, - and _")
+    if not isinstance(body, dict):
+        raise ConfigError(f"{where}: expected a mapping with type, input and output")
+    allowed = {"type", "input", "output", "embedding", "video", "images_per_shard", "seed", "sensor"}
+    unknown = set(body) - allowed
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {sorted(unknown)}; allowed: {sorted(allowed)}")
+    dtype = str(body.get("type", "")).upper()
+    if dtype not in DATASET_TYPES:
+        raise ConfigError(f"{where}.type: must be IMAGES or VIDEOS, got {body.get('type')!r}")
+    for key in ("input", "output"):
+        if not isinstance(body.get(key), str) or not body[key].strip():
+            raise ConfigError(f"{where}.{key}: required, a folder path or s3:// gs:// az:// prefix")
+    input_uri = _resolve_location(body["input"], base_dir)
+    output_uri = _resolve_location(body["output"], base_dir)
+    if input_uri.rstrip("/") == output_uri.rstrip("/"):
+        raise ConfigError(f"{where}: input and output must be different locations")
+    embedding = _parse_embedding(body.get("embedding") or {}, f"{where}.embedding")
+    video = _parse_video(body.get("video") or {}, f"{where}.video")
+    images_per_shard = body.get("images_per_shard", 256)
+    if not isinstance(images_per_shard, int) or isinstance(images_per_shard, bool) or images_per_shard < 1:
+        raise ConfigError(f"{where}.images_per_shard: must be a positive integer")
+    seed = body.get("seed", 0)
+    if not isinstance(seed, int) or isinstance(seed, bool):
+        raise ConfigError(f"{where}.seed: must be an integer")
+    return DatasetSpec(
+        name=name,
+        type=dtype,
+        input=input_uri,
+        output=output_uri,
+        embedding=embedding,
+        video=video,
+        images_per_shard=images_per_shard,
+        seed=seed,
+    )
+
+
+def _resolve_location(value: str, base_dir: Path) -> str:
+    value = value.strip()
+    if value.startswith(_URI_SCHEMES[1:]):
+        return value
+    if "://" in value and not value.startswith("file://"):
+        raise ConfigError(f"unsupported location {value!r}: use a path, file://, s3://, gs:// or az://")
+    path = Path(value.removeprefix("file://")).expanduser()
+    if not path.is_absolute():
+        path = base_dir / path
+    return str(path.resolve())
+
+
+def _parse_embedding(body: Any, where: str) -> EmbeddingSpec:
+    if not isinstance(body, dict):
+        raise ConfigError(f"{where}: expected a mapping (model, pretrained, batch_size, device)")
+    allowed = {"model", "pretrained", "batch_size", "device", "seed"}
+    unknown = set(body) - allowed
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {sorted(unknown)}; allowed: {sorted(allowed)}")
+    defaults = EmbeddingSpec()
+    model = body.get("model", defaults.model)
+    if not isinstance(model, str) or not model:
+        raise ConfigError(f"{where}.model: must be an open_clip architecture name such as ViT-B-32")
+    pretrained = body.get("pretrained", defaults.pretrained)
+    if pretrained is None or (isinstance(pretrained, str) and pretrained.strip().lower() in ("none", "")):
+        pretrained = None
+    elif not isinstance(pretrained, str):
+        raise ConfigError(f"{where}.pretrained: must be an open_clip pretrained tag, a checkpoint path or none")
+    batch_size = body.get("batch_size", defaults.batch_size)
+    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or not 1 <= batch_size <= 4096:
+        raise ConfigError(f"{where}.batch_size: must be an integer between 1 and 4096")
+    device = str(body.get("device", defaults.device))
+    if device != "auto" and not re.match(r"^(cpu|cuda(:\d+)?|mps)$", device):
+        raise ConfigError(f"{where}.device: must be auto, cpu, cuda, cuda:N or mps, got {device!r}")
+    seed = body.get("seed", 0)
+    if not isinstance(seed, int) or isinstance(seed, bool):
+        raise ConfigError(f"{where}.seed: must be an integer")
+    return EmbeddingSpec(model=model, pretrained=pretrained, batch_size=batch_size, device=device, seed=seed)
+
+
+def _parse_video(body: Any, where: str) -> VideoSpec:
+    if not isinstance(body, dict):
+        raise ConfigError(f"{where}: expected a mapping (fps)")
+    unknown = set(body) - {"fps"}
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {sorted(unknown)}; allowed: ['fps']")
+    fps = body.get("fps")
+    if fps is not None and (not isinstance(fps, (int, float)) or isinstance(fps, bool) or fps <= 0):
+        raise ConfigError(f"{where}.fps: must be a positive number, or omitted to keep every frame")
+    return VideoSpec(fps=float(fps) if fps is not None else None)

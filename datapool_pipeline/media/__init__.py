@@ -1,0 +1,1 @@
+"""Decoding: images with Pillow, video frames streamed through ffmpeg (ffmpeg-python)."""

@@ -1,0 +1,170 @@
+"""Video frames streamed from ffmpeg: scaled to the model's input size inside ffmpeg, one pass,
+no file per frame; and the few selected frames re-extracted at full resolution as PNG."""
+
+from __future__ import annotations
+
+import collections
+import re
+import subprocess
+import threading
+from collections.abc import Iterator
+
+import ffmpeg
+import numpy as np
+
+from datapool_pipeline.media.ffmpeg_binary import ffmpeg_executable
+
+_SHOWINFO_RE = re.compile(r"\bn:\s*(\d+)\s+pts:\s*(-?\d+)\s+pts_time:\s*(-?[0-9.eE+-]+)")
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+class VideoDecodeError(Exception):
+    pass
+
+
+def _video_stream(source: str, fps: float | None) -> ffmpeg.nodes.FilterableStream:
+    stream = ffmpeg.input(source).video
+    if fps:
+        stream = stream.filter("fps", fps=fps)
+    return stream
+
+
+def _run(stream: ffmpeg.nodes.OutputStream) -> subprocess.Popen[bytes]:
+    args = stream.global_args("-nostdin", "-hide_banner", "-loglevel", "info").compile(cmd=ffmpeg_executable())
+    return subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+class _StderrReader(threading.Thread):
+    """Collects showinfo timestamps and the last lines of ffmpeg's log (for error messages)."""
+
+    def __init__(self, pipe: object) -> None:
+        super().__init__(daemon=True)
+        self.pipe = pipe
+        self.timestamps: list[float] = []
+        self.tail: collections.deque[str] = collections.deque(maxlen=12)
+
+    def run(self) -> None:
+        for raw in iter(self.pipe.readline, b""):  # type: ignore[attr-defined]
+            line = raw.decode("utf-8", "replace").rstrip()
+            match = _SHOWINFO_RE.search(line)
+            if match and "showinfo" in line.lower():
+                self.timestamps.append(float(match.group(3)))
+            elif line and "showinfo" not in line.lower():
+                self.tail.append(line)
+
+    def reason(self) -> str:
+        errors = [ln for ln in self.tail if "error" in ln.lower() or "invalid" in ln.lower()]
+        text = (errors or list(self.tail) or ["ffmpeg failed"])[-1]
+        return text.strip()[:300]
+
+
+class FrameStream:
+    """Iterate a video's frames as uint8 arrays of shape (size, size, 3).
+
+    Shortest side scaled to `size` (bicubic) and centre-cropped, as open_clip's preprocessing does.
+    After iteration `timestamps` holds each frame's presentation time in seconds, and `error`
+    ffmpeg's reason if it stopped with a failure (frames yielded before it remain valid).
+    """
+
+    def __init__(self, source: str, size: int, fps: float | None = None) -> None:
+        self.source = source
+        self.size = size
+        self.fps = fps
+        self.timestamps: list[float] = []
+        self.error: str | None = None
+        self.frames = 0
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        s = self.size
+        stream = (
+            _video_stream(self.source, self.fps)
+            .filter("scale", s, s, force_original_aspect_ratio="increase", flags="bicubic")
+            .filter("crop", s, s)
+            .filter("showinfo")
+            .output("pipe:", format="rawvideo", pix_fmt="rgb24", fps_mode="passthrough")
+        )
+        proc = _run(stream)
+        reader = _StderrReader(proc.stderr)
+        reader.start()
+        frame_bytes = s * s * 3
+        try:
+            assert proc.stdout is not None
+            while True:
+                buf = proc.stdout.read(frame_bytes)
+                if len(buf) < frame_bytes:
+                    break
+                self.frames += 1
+                yield np.frombuffer(buf, dtype=np.uint8).reshape(s, s, 3)
+        finally:
+            if proc.poll() is None:
+                proc.stdout.close()  # type: ignore[union-attr]
+                proc.kill()
+            returncode = proc.wait()
+            reader.join(timeout=10)
+            self.timestamps = reader.timestamps[: self.frames]
+            if returncode != 0 and self.frames == 0:
+                self.error = reader.reason()
+            elif returncode != 0:
+                self.error = f"stopped after {self.frames} frames: {reader.reason()}"
+            if len(self.timestamps) < self.frames:
+                # Should not happen; keep the manifest aligned rather than guess.
+                self.timestamps += [float("nan")] * (self.frames - len(self.timestamps))
+
+
+def _select_expression(indices: list[int]) -> str:
+    return "+".join(f"eq(n,{i})" for i in indices)
+
+
+def extract_frames_png(source: str, indices: list[int], fps: float | None = None) -> dict[int, bytes]:
+    """The given frame indices (as counted by FrameStream with the same fps) as full-resolution PNGs.
+
+    One ffmpeg pass per call; only the selected frames are encoded, nothing is written to disk.
+    """
+    wanted = sorted(set(indices))
+    if not wanted:
+        return {}
+    result: dict[int, bytes] = {}
+    # Chunks keep the select expression short for videos with many picks.
+    for start in range(0, len(wanted), 256):
+        chunk = wanted[start : start + 256]
+        stream = (
+            _video_stream(source, fps)
+            .filter("select", _select_expression(chunk))
+            .output("pipe:", format="image2pipe", vcodec="png", fps_mode="passthrough")
+        )
+        proc = _run(stream)
+        reader = _StderrReader(proc.stderr)
+        reader.start()
+        assert proc.stdout is not None
+        pngs = list(_split_pngs(proc.stdout))
+        returncode = proc.wait()
+        reader.join(timeout=10)
+        if len(pngs) != len(chunk):
+            raise VideoDecodeError(
+                f"expected {len(chunk)} frames from {source}, ffmpeg gave {len(pngs)}"
+                + (f" ({reader.reason()})" if returncode else "")
+            )
+        result.update(zip(chunk, pngs, strict=True))
+    return result
+
+
+def _split_pngs(pipe: object) -> Iterator[bytes]:
+    """Split a stream of concatenated PNG files at their IEND chunks."""
+    read = pipe.read  # type: ignore[attr-defined]
+    while True:
+        sig = read(8)
+        if not sig:
+            return
+        if sig != _PNG_SIGNATURE:
+            raise VideoDecodeError("ffmpeg produced a malformed PNG stream")
+        parts = [sig]
+        while True:
+            header = read(8)
+            if len(header) < 8:
+                raise VideoDecodeError("ffmpeg PNG stream ended mid-image")
+            length = int.from_bytes(header[:4], "big")
+            body = read(length + 4)
+            parts += [header, body]
+            if header[4:8] == b"IEND":
+                break
+        yield b"".join(parts)

@@ -1,0 +1,75 @@
+"""One interface over local folders and object stores.
+
+Keys are relative, '/'-separated paths under the datasource's root prefix. Every backend provides
+listing with version identity (size + etag, or mtime for local files), whole-object reads and writes,
+and an atomic put-if-absent that the datapool commit relies on.
+"""
+
+from __future__ import annotations
+
+import abc
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class ObjectInfo:
+    key: str
+    size: int
+    etag: str
+    mtime: float
+
+    @property
+    def version(self) -> str:
+        """What identifies this version of the object: etag where the backend has one."""
+        return self.etag or f"{self.size}-{self.mtime:.6f}"
+
+
+class Storage(abc.ABC):
+    """A datasource: a root location plus operations on keys below it."""
+
+    uri: str
+
+    @abc.abstractmethod
+    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        """Yield every object under prefix (recursively), in key order, streaming."""
+
+    @abc.abstractmethod
+    def stat(self, key: str) -> ObjectInfo | None:
+        """The object's info, or None if it does not exist."""
+
+    @abc.abstractmethod
+    def read_bytes(self, key: str) -> bytes: ...
+
+    @abc.abstractmethod
+    def write_bytes(self, key: str, data: bytes) -> None:
+        """Write (or overwrite) an object; readers never see a partial object."""
+
+    @abc.abstractmethod
+    def put_if_absent(self, key: str, data: bytes) -> bool:
+        """Create the object only if no object has that key; False if it existed. Atomic."""
+
+    @abc.abstractmethod
+    def delete(self, key: str) -> None:
+        """Remove an object; no error if it is already gone."""
+
+    @abc.abstractmethod
+    @contextlib.contextmanager
+    def local_source(self, key: str) -> Iterator[str]:
+        """A path or URL that ffmpeg / Pillow can read for the duration of the context."""
+
+    def exists(self, key: str) -> bool:
+        return self.stat(key) is not None
+
+    def display(self, key: str = "") -> str:
+        """A location for messages and reports (never contains credentials)."""
+        return f"{self.uri.rstrip('/')}/{key}" if key else self.uri
+
+
+def check_key(key: str) -> str:
+    """Reject keys that could escape the datasource root."""
+    parts = key.split("/")
+    if not key or key.startswith("/") or any(p in ("", ".", "..") for p in parts):
+        raise ValueError(f"invalid storage key {key!r}")
+    return key

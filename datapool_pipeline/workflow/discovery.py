@@ -1,0 +1,148 @@
+"""Discovery: list the input datasource, tell new / changed / already-processed files apart, and
+group new files into shards (one per video, or batches of images)."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+
+import polars as pl
+
+from datapool_pipeline.datapool import DatapoolStore, tables
+from datapool_pipeline.datasets import DatasetSpec
+from datapool_pipeline.errors import RunAborted
+from datapool_pipeline.media.kinds import media_kind
+from datapool_pipeline.storage import Storage
+from datapool_pipeline.workflow.progress import Log, Throttle, no_log
+
+_KEYS = ["raw_key", "raw_version"]
+
+
+@dataclass
+class Inventory:
+    files: pl.DataFrame
+    """Files of the dataset's media type (FILE_COLUMNS)."""
+    other_type: pl.DataFrame
+    """Files of another media type or not media at all: skipped with a warning."""
+
+
+def list_inventory(spec: DatasetSpec, storage: Storage, log: Log = no_log) -> Inventory:
+    keys: list[str] = []
+    versions: list[str] = []
+    sizes: list[int] = []
+    kinds: list[str] = []
+    throttle = Throttle(log)
+    for n, info in enumerate(storage.list(), start=1):
+        keys.append(info.key)
+        versions.append(info.version)
+        sizes.append(info.size)
+        kinds.append(media_kind(info.key))
+        throttle(f"listing {storage.display()}: {n} objects so far")
+    df = pl.DataFrame(
+        {"raw_key": keys, "raw_version": versions, "raw_size": sizes, "media_type": kinds},
+        schema=tables.FILE_COLUMNS,
+    )
+    files = df.filter(pl.col("media_type") == spec.type)
+    other = df.filter(pl.col("media_type") != spec.type)
+    log(f"listed {df.height} objects in {storage.display()}: {files.height} {spec.type.lower()}, {other.height} other")
+    return Inventory(files=files, other_type=other)
+
+
+def unprocessed(files: pl.DataFrame, processed: pl.DataFrame) -> pl.DataFrame:
+    """Files whose exact (key, version) no committed run has processed."""
+    return files.join(processed.select(_KEYS), on=_KEYS, how="anti")
+
+
+def shard_id(media_type: str, members: list[tuple[str, str]]) -> str:
+    digest = hashlib.sha1("\n".join(f"{k}\0{v}" for k, v in members).encode()).hexdigest()[:12]
+    slug = re.sub(r"[^A-Za-z0-9_-]+", "-", members[0][0]).strip("-")[-48:].strip("-") or "x"
+    return f"{'v' if media_type == 'VIDEOS' else 'i'}-{slug}-{digest}"
+
+
+def assign_shards(spec: DatasetSpec, store: DatapoolStore, todo: pl.DataFrame) -> tuple[list[str], pl.DataFrame]:
+    """Shard ids covering `todo`: existing shards where the files were registered before, new ones
+    for the rest (persisted in the registry). Returns (needed shard ids, newly registered rows)."""
+    registry = store.read_registry()
+    joined = todo.join(registry.select(["shard_id", *_KEYS]), on=_KEYS, how="left")
+    known = joined.filter(pl.col("shard_id").is_not_null())
+    missing = joined.filter(pl.col("shard_id").is_null()).drop("shard_id").sort("raw_key")
+    new_rows: list[pl.DataFrame] = []
+    if missing.height:
+        if spec.type == "VIDEOS":
+            groups = [missing.slice(i, 1) for i in range(missing.height)]
+        else:
+            groups = [missing.slice(i, spec.images_per_shard) for i in range(0, missing.height, spec.images_per_shard)]
+        for group in groups:
+            sid = shard_id(spec.type, list(zip(group["raw_key"], group["raw_version"], strict=True)))
+            new_rows.append(group.with_columns(pl.lit(sid).alias("shard_id")))
+    new = pl.concat(new_rows) if new_rows else tables.empty(tables.REGISTRY_SCHEMA)
+    store.append_registry(new)
+    needed = list(dict.fromkeys([*known["shard_id"].to_list(), *new["shard_id"].to_list()]))
+    return needed, new.select(list(tables.REGISTRY_SCHEMA))
+
+
+@dataclass
+class RunPlan:
+    candidates: pl.DataFrame
+    """Files this run processes: REGISTRY_SCHEMA columns (shard_id + file identity)."""
+    other_type: pl.DataFrame
+    """Files of another media type, not yet reported by a committed run."""
+    stale: int
+    """Members of the run's shards that are gone or changed since they were registered."""
+    inventory_files: int
+
+
+def check_use_datapool(spec: DatasetSpec, store: DatapoolStore, use_datapool: bool) -> None:
+    if use_datapool:
+        return
+    state = store.load_state()
+    if state.size > 0:
+        raise RunAborted(
+            f"dataset {spec.name} already holds {state.size} samples in {len(state.commits)} tag(s) but "
+            "worker_config.use_datapool is false: set use_datapool: true to grow it, or use a new "
+            "dataset (a new output) to select independently"
+        )
+
+
+def plan_run(
+    spec: DatasetSpec,
+    store: DatapoolStore,
+    input_storage: Storage,
+    shard_ids: list[str],
+    *,
+    process_all: bool,
+    log: Log = no_log,
+) -> RunPlan:
+    """Which files of the run's shards to process: still present with the registered version, and
+    (unless process_all) not processed by a committed run."""
+    state = store.load_state()
+    inventory = list_inventory(spec, input_storage, log)
+    members = store.shard_members(shard_ids)
+    present = members.join(inventory.files.select(_KEYS), on=_KEYS, how="semi")
+    stale = members.height - present.height
+    candidates = present if process_all else unprocessed(present, state.processed)
+    other = unprocessed(inventory.other_type, state.processed)
+    if candidates.height == 0:
+        raise RunAborted(no_new_files_message(spec, input_storage, inventory, other))
+    if other.height:
+        log(
+            f"skipping {other.height} file(s) that are not {spec.type.lower()}: "
+            + ", ".join(other["raw_key"].head(5).to_list())
+            + (" ..." if other.height > 5 else "")
+        )
+    return RunPlan(
+        candidates=candidates.sort(["shard_id", "raw_key"]),
+        other_type=other,
+        stale=stale,
+        inventory_files=inventory.files.height,
+    )
+
+
+def no_new_files_message(spec: DatasetSpec, storage: Storage, inventory: Inventory, other: pl.DataFrame) -> str:
+    extra = f"; {other.height} file(s) of another type were skipped" if other.height else ""
+    return (
+        f"no new raw files in {storage.display()} since the last run ({inventory.files.height} "
+        f"{spec.type.lower()} there, all processed{extra}): add files, or set "
+        "worker_config.datasource.process_all: true to select again from everything"
+    )

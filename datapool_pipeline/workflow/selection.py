@@ -1,0 +1,197 @@
+"""Selection for one run: the most diverse new samples given the datapool, staged for commit."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from datapool_pipeline.config import RunConfig
+from datapool_pipeline.datapool import INITIAL_TAG, DatapoolState, DatapoolStore, tables
+from datapool_pipeline.datasets import DatasetSpec
+from datapool_pipeline.errors import RunAborted
+from datapool_pipeline.selection import greedy_k_center, nearest_pool_distance, samples_to_select
+from datapool_pipeline.workflow.discovery import RunPlan, check_use_datapool
+from datapool_pipeline.workflow.progress import Log, no_log
+
+_ID = ["raw_key", "raw_version", "frame_index"]
+
+
+@dataclass
+class SelectionSummary:
+    staging_id: str
+    tag: str
+    base_seq: int
+    candidates: int
+    selected: int
+    adopted: int
+    datapool_before: int
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def tag_name(started_at: datetime, existing: list[str]) -> str:
+    """The run's UTC start time; a suffix only if a tag of that second already exists."""
+    base = started_at.astimezone(timezone.utc).strftime("%Y-%m-%dT%H-%M-%SZ")
+    name, n = base, 1
+    while name in existing or name == INITIAL_TAG:
+        n += 1
+        name = f"{base}-{n}"
+    return name
+
+
+def load_candidate_embeddings(
+    store: DatapoolStore, candidates: pl.DataFrame, fingerprint: str, dim: int
+) -> pl.DataFrame:
+    parts = []
+    for shard in candidates["shard_id"].unique(maintain_order=True).to_list():
+        df = store.read_shard_embeddings(shard, fingerprint)
+        if df is None:
+            raise RunAborted(
+                f"embeddings of shard {shard} for model {fingerprint} are missing: materialize the "
+                "embeddings asset for this shard first (or run the whole job)"
+            )
+        parts.append(df)
+    if not parts:
+        return pl.DataFrame(schema={"raw_key": pl.String, "raw_version": pl.String, "frame_index": pl.Int64,
+                                    "timestamp_s": pl.Float64, "embedding": pl.Array(pl.Float32, dim)})
+    emb = pl.concat(parts, how="vertical")
+    return emb.join(candidates.select(["raw_key", "raw_version"]), on=["raw_key", "raw_version"], how="semi")
+
+
+def pool_embeddings(
+    spec: DatasetSpec, store: DatapoolStore, state: DatapoolState, fingerprint: str, dim: int
+) -> np.ndarray:
+    """The datapool's embeddings in the current model's space."""
+    if state.size == 0:
+        return np.empty((0, dim), np.float32)
+    if state.commits[-1].embedding_model == fingerprint:
+        return tables.embeddings_matrix(state.samples, dim)
+    # The dataset's model changed: use the pool samples' shards re-embedded with the new model.
+    registry = store.read_registry()
+    pool = state.samples.select(_ID)
+    shards = registry.join(pool.select(["raw_key", "raw_version"]).unique(), on=["raw_key", "raw_version"], how="semi")
+    parts = [store.read_shard_embeddings(s, fingerprint) for s in shards["shard_id"].unique().to_list()]
+    found = pl.concat([p for p in parts if p is not None]) if any(p is not None for p in parts) else None
+    matched = pool.join(found, on=_ID, how="inner") if found is not None else pool.clear()
+    if matched.height < pool.height:
+        raise RunAborted(
+            f"the embedding model changed from {state.commits[-1].embedding_model} to {fingerprint} and "
+            f"{pool.height - matched.height} datapool samples have no embedding in the new model yet: "
+            "backfill the embeddings asset over all shards, then run again"
+        )
+    return tables.embeddings_matrix(matched, dim)
+
+
+def select_for_run(
+    spec: DatasetSpec,
+    store: DatapoolStore,
+    plan: RunPlan,
+    run_config: RunConfig,
+    *,
+    staging_id: str,
+    started_at: datetime,
+    fingerprint: str,
+    dim: int,
+    log: Log = no_log,
+) -> SelectionSummary:
+    check_use_datapool(spec, store, run_config.use_datapool)
+    state = store.load_state()
+    emb = load_candidate_embeddings(store, plan.candidates, fingerprint, dim)
+    ids = tables.sample_ids(spec.type, emb["raw_key"].to_list(), emb["raw_version"].to_list(),
+                            emb["frame_index"].to_list())
+    emb = emb.with_columns(pl.Series("sample_id", ids, dtype=pl.String))
+    in_pool = emb.join(state.samples.select("sample_id"), on="sample_id", how="semi").height
+    new = emb.join(state.samples.select("sample_id"), on="sample_id", how="anti").unique(
+        subset="sample_id", keep="first", maintain_order=True
+    ).sort(["raw_key", "raw_version", "frame_index"])
+    if new.height == 0:
+        raise RunAborted(
+            f"nothing left to add: the {emb.height} candidate samples of {plan.candidates.height} raw "
+            f"file(s) are all in the datapool already ({in_pool}) or could not be decoded"
+        )
+    k = samples_to_select(new.height, run_config.n_samples, run_config.proportion_samples)
+    if run_config.n_samples is not None and run_config.n_samples > new.height:
+        log(f"n_samples is {run_config.n_samples} but only {new.height} new samples exist: selecting all")
+    candidates = tables.embeddings_matrix(new, dim)
+    pool = pool_embeddings(spec, store, state, fingerprint, dim)
+    log(f"selecting {k} of {new.height} new samples against a datapool of {len(pool)}")
+    pool_d2 = nearest_pool_distance(candidates, pool)
+    result = greedy_k_center(candidates, k, pool_sq_distances=pool_d2, seed=spec.seed)
+    adopted = 0
+    orphans = _orphans(spec, store, state, new)
+    if orphans and not set(orphans) <= set(result.picks):
+        # Frames uploaded by a crashed run: keep them (they count towards k) and pick the rest.
+        adopted = min(len(orphans), k)
+        log(f"adopting {adopted} frame(s) uploaded by an earlier run that crashed before committing")
+        result = greedy_k_center(candidates, k, pool_sq_distances=pool_d2, seed=spec.seed, preselected=orphans)
+    tag = tag_name(started_at, state.tags)
+    picks = new[result.picks].with_columns(
+        pl.lit(tag).alias("tag"),
+        pl.Series("pick_rank", np.arange(len(result.picks)), dtype=pl.Int64),
+        pl.Series("pick_distance", result.pick_distances.astype(np.float32)),
+        pl.Series("pool_distance", result.pool_distances[result.picks].astype(np.float32)),
+    ).select(list(tables.sample_schema(dim)))
+    processed = _processed_rows(plan, store, tag, spec.type)
+    meta = {
+        "staging_id": staging_id,
+        "tag": tag,
+        "base_seq": state.head_seq,
+        "datapool_before": state.size,
+        "candidates": new.height,
+        "candidates_in_pool": in_pool,
+        "selected": picks.height,
+        "adopted": adopted,
+        "embedding_model": fingerprint,
+        "embedding_dim": dim,
+        "config": run_config.to_dict(),
+        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    store.write_staging(staging_id, meta, picks, processed)
+    log(f"selected {picks.height} samples for tag {tag} (datapool {state.size} -> {state.size + picks.height})")
+    return SelectionSummary(staging_id, tag, state.head_seq, new.height, picks.height, adopted, state.size)
+
+
+def _orphans(spec: DatasetSpec, store: DatapoolStore, state: DatapoolState, new: pl.DataFrame) -> list[int]:
+    """Indices into `new` of frames that a crashed run uploaded but never committed (pick order)."""
+    if spec.type != "VIDEOS":
+        return []
+    staged: list[pl.DataFrame] = []
+    for sid in store.staging_ids():
+        entry = store.read_staging(sid)
+        if entry is not None and entry[0]["base_seq"] <= state.head_seq:
+            staged.append(entry[1].select(["sample_id", "pick_rank"]).with_columns(pl.lit(sid).alias("sid")))
+    if not staged:
+        return []
+    frames = pl.concat(staged).sort(["sid", "pick_rank"]).unique("sample_id", keep="first", maintain_order=True)
+    uploaded = [s for s in frames["sample_id"].to_list() if store.storage.exists(s)]
+    position = {s: i for i, s in enumerate(new["sample_id"].to_list())}
+    return [position[s] for s in uploaded if s in position]
+
+
+def _processed_rows(plan: RunPlan, store: DatapoolStore, tag: str, dataset_type: str) -> pl.DataFrame:
+    statuses = []
+    for shard in plan.candidates["shard_id"].unique().to_list():
+        files = store.read_shard_files(shard)
+        if files is not None:
+            statuses.append(files)
+    status = pl.concat(statuses) if statuses else tables.empty(tables.FILE_STATUS_SCHEMA)
+    rows = plan.candidates.drop("shard_id").join(
+        status.select(["raw_key", "raw_version", "status", "error", "frames"]), on=["raw_key", "raw_version"],
+        how="left",
+    ).with_columns(pl.col("status").fill_null("skipped"), pl.col("frames").fill_null(0))
+    other = plan.other_type.with_columns(
+        pl.lit("skipped").alias("status"),
+        pl.when(pl.col("media_type") == "OTHER")
+        .then(pl.lit("not an image or video file"))
+        .otherwise(pl.format("{} file in a {} dataset", pl.col("media_type"), pl.lit(dataset_type)))
+        .alias("error"),
+        pl.lit(0, dtype=pl.Int64).alias("frames"),
+    )
+    return pl.concat([rows, other], how="diagonal_relaxed").with_columns(pl.lit(tag).alias("tag")).select(
+        list(tables.PROCESSED_SCHEMA)
+    )
