@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Set up a fresh machine for datapool_pipeline: system tools, a virtualenv in .venv, the package.
+#   bash scripts/setup.sh          # runtime only
+#   bash scripts/setup.sh test     # plus test tools and test servers (Azurite, Chromium, poppler)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+MODE="${1:-run}"
+
+apt_install() {
+  # Installs Debian packages that are missing (needs root; skipped with a note otherwise).
+  local missing=()
+  for pkg in "$@"; do dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg"); done
+  [ ${#missing[@]} -eq 0 ] && return 0
+  if [ "$(id -u)" -ne 0 ] || ! command -v apt-get >/dev/null; then
+    echo "setup: please install ${missing[*]} (no root/apt-get here); continuing without" >&2
+    return 0
+  fi
+  echo "setup: installing ${missing[*]}" >&2
+  apt-get update -qq >/dev/null
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+}
+
+# ffmpeg (with ffprobe) from Debian; without it the package falls back to imageio-ffmpeg's binary.
+apt_install ffmpeg
+if [ "$MODE" = "test" ]; then
+  # chromium: kaleido figures in report.pdf and the headless check of the HTML view; poppler: pdftoppm.
+  apt_install chromium poppler-utils
+fi
+
+if [ ! -x .venv/bin/python ]; then
+  python3 -m venv .venv
+fi
+.venv/bin/python -m pip install -q --upgrade pip
+# torch/torchvision pinned to the releases available on this machine's disk (no multi-GB download).
+.venv/bin/python -m pip install -q "torch==2.14.1" "torchvision==0.29.1"
+if [ "$MODE" = "test" ]; then
+  .venv/bin/python -m pip install -q -e ".[test]"
+  if [ -f package.json ] && command -v npm >/dev/null; then
+    npm install --silent --no-audit --no-fund >/dev/null
+  fi
+else
+  .venv/bin/python -m pip install -q -e .
+fi
+echo "setup: ready (.venv)" >&2

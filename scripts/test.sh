@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# The README's test command: set up (test extras, test servers), lint, then run the whole test suite.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh test
+.venv/bin/ruff check datapool_pipeline datapool_pipeline_tests benchmarks
+# pytest exits 5 when it collects nothing: treat that as a failure, never as success.
+set +e
+.venv/bin/python -m pytest "$@"
+code=$?
+set -e
+if [ "$code" -eq 5 ]; then
+  echo "test: pytest collected no tests" >&2
+  exit 1
+fi
+exit "$code"
