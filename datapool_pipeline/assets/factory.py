@@ -146,7 +146,7 @@ def build_dataset_assets(spec: DatasetSpec) -> DatasetAssets:
         from datapool_pipeline.embedding.model import validate_embedding_spec
 
         validate_embedding_spec(spec.embedding)
-        record = context.instance.get_run_record_by_id(context.run_id)
+        record = context.instance.get_run_record_by_id(context.run.run_id)
         started = record.create_timestamp if record else None
         dim = _embedding_dim(store, raw_files.plan, spec)
         summary = select_for_run(
@@ -154,7 +154,7 @@ def build_dataset_assets(spec: DatasetSpec) -> DatasetAssets:
             store,
             raw_files.plan,
             parse_run_config(raw_files.config),
-            staging_id=context.run_id,
+            staging_id=context.run.run_id,
             started_at=started or _now(),
             fingerprint=spec.embedding.fingerprint,
             dim=dim,
@@ -180,7 +180,7 @@ def build_dataset_assets(spec: DatasetSpec) -> DatasetAssets:
     )
     def tag(context: dg.AssetExecutionContext, selection: dict[str, Any]) -> dict[str, Any]:
         commit = commit_staged(
-            spec, store, input_storage, selection["staging_id"], run_id=context.run_id, log=context.log.info
+            spec, store, input_storage, selection["staging_id"], run_id=context.run.run_id, log=context.log.info
         )
         report_dir = store.storage.display(store.report_prefix(commit.tag))
         context.add_output_metadata(
