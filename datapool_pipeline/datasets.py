@@ -10,6 +10,7 @@ from typing import Any
 
 import yaml
 
+from datapool_pipeline.config import parse_run_config
 from datapool_pipeline.errors import ConfigError
 
 DEFAULT_DATASETS_FILE = "datasets.yaml"
@@ -47,6 +48,27 @@ class VideoSpec:
 
 
 @dataclass(frozen=True)
+class SensorSpec:
+    """The dataset's sensor: watches the input and requests a run per batch of new files."""
+
+    enabled: bool = False
+    """Running by default when the code location loads; false: stopped until turned on in the UI."""
+    minimum_interval_seconds: int = 60
+    files_per_run: int = 100
+    """New raw files per requested run (a run covers whole shards, so it may hold a few more)."""
+    max_runs_per_tick: int = 10
+    max_objects_per_tick: int = 20_000
+    """Objects listed per tick; the cursor resumes the listing on the next tick."""
+    run_config: dict[str, Any] = field(default_factory=lambda: dict(DEFAULT_SENSOR_RUN_CONFIG), hash=False)
+
+
+DEFAULT_SENSOR_RUN_CONFIG: dict[str, Any] = {
+    "worker_config": {"use_datapool": True},
+    "selection_config": {"proportion_samples": 0.1},
+}
+
+
+@dataclass(frozen=True)
 class DatasetSpec:
     name: str
     type: str
@@ -56,6 +78,7 @@ class DatasetSpec:
     video: VideoSpec = field(default_factory=VideoSpec)
     images_per_shard: int = 256
     seed: int = 0
+    sensor: SensorSpec = field(default_factory=SensorSpec)
 
     @property
     def asset_prefix(self) -> str:
@@ -128,6 +151,7 @@ def _parse_dataset(name: str, body: Any, base_dir: Path, source: str) -> Dataset
     seed = body.get("seed", 0)
     if not isinstance(seed, int) or isinstance(seed, bool):
         raise ConfigError(f"{where}.seed: must be an integer")
+    sensor = _parse_sensor(body.get("sensor") or {}, f"{where}.sensor")
     return DatasetSpec(
         name=name,
         type=dtype,
@@ -137,6 +161,7 @@ def _parse_dataset(name: str, body: Any, base_dir: Path, source: str) -> Dataset
         video=video,
         images_per_shard=images_per_shard,
         seed=seed,
+        sensor=sensor,
     )
 
 
@@ -190,3 +215,46 @@ def _parse_video(body: Any, where: str) -> VideoSpec:
     if fps is not None and (not isinstance(fps, (int, float)) or isinstance(fps, bool) or fps <= 0):
         raise ConfigError(f"{where}.fps: must be a positive number, or omitted to keep every frame")
     return VideoSpec(fps=float(fps) if fps is not None else None)
+
+
+def _positive_int(body: dict[str, Any], key: str, default: int, where: str) -> int:
+    value = body.get(key, default)
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ConfigError(f"{where}.{key}: must be a positive integer, got {value!r}")
+    return value
+
+
+def _parse_sensor(body: Any, where: str) -> SensorSpec:
+    if not isinstance(body, dict):
+        raise ConfigError(f"{where}: expected a mapping (enabled, minimum_interval_seconds, worker_config, ...)")
+    allowed = {
+        "enabled", "minimum_interval_seconds", "files_per_run", "max_runs_per_tick", "max_objects_per_tick",
+        "worker_config", "selection_config",
+    }
+    unknown = set(body) - allowed
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {sorted(unknown)}; allowed: {sorted(allowed)}")
+    enabled = body.get("enabled", False)
+    if not isinstance(enabled, bool):
+        raise ConfigError(f"{where}.enabled: must be true or false, got {enabled!r}")
+    run_config = {
+        "worker_config": body.get("worker_config", DEFAULT_SENSOR_RUN_CONFIG["worker_config"]),
+        "selection_config": body.get("selection_config", DEFAULT_SENSOR_RUN_CONFIG["selection_config"]),
+    }
+    try:
+        parsed = parse_run_config(run_config)
+    except ConfigError as exc:
+        raise ConfigError(f"{where}.{exc}") from None
+    if parsed.process_all:
+        raise ConfigError(
+            f"{where}.worker_config.datasource.process_all: a sensor runs on new files only; remove it and "
+            "use a backfill (README: Sensors, backfills and the Dagster UI) to process everything again"
+        )
+    return SensorSpec(
+        enabled=enabled,
+        minimum_interval_seconds=_positive_int(body, "minimum_interval_seconds", 60, where),
+        files_per_run=_positive_int(body, "files_per_run", 100, where),
+        max_runs_per_tick=_positive_int(body, "max_runs_per_tick", 10, where),
+        max_objects_per_tick=_positive_int(body, "max_objects_per_tick", 20_000, where),
+        run_config=run_config,
+    )

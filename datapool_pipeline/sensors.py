@@ -1,0 +1,73 @@
+"""Per-dataset sensor: watches the input datasource and requests one datapool run per batch of new files."""
+
+from __future__ import annotations
+
+import dagster as dg
+
+from datapool_pipeline.assets import DatasetAssets
+from datapool_pipeline.assets.run_config import op_run_config
+from datapool_pipeline.assets.runs import DATASET_TAG, partition_range_tags
+from datapool_pipeline.datapool import DatapoolStore
+from datapool_pipeline.launch import ScanCursor, scan_new_files
+from datapool_pipeline.storage import open_storage
+
+TRIGGER_TAG = "datapool/trigger"
+FILES_TAG = "datapool/files"
+
+
+def sensor_name(built: DatasetAssets) -> str:
+    return f"{built.spec.asset_prefix}_new_files"
+
+
+def build_sensor(built: DatasetAssets) -> dg.SensorDefinition:
+    spec = built.spec
+    settings = spec.sensor
+    partitions = built.partitions
+
+    @dg.sensor(
+        name=sensor_name(built),
+        job=built.job,
+        minimum_interval_seconds=settings.minimum_interval_seconds,
+        default_status=dg.DefaultSensorStatus.RUNNING if settings.enabled else dg.DefaultSensorStatus.STOPPED,
+        description=f"Lists {spec.name}'s input ({settings.max_objects_per_tick} objects per tick at most, "
+        f"resuming from a cursor), registers new raw files as shards and requests one run per "
+        f"{settings.files_per_run} new files. Settings: the sensor block of datasets.yaml.",
+        tags={DATASET_TAG: spec.name},
+    )
+    def new_files_sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult:
+        cursor = ScanCursor.parse(context.cursor)
+        store = DatapoolStore(open_storage(spec.output))
+        existing = context.instance.get_dynamic_partitions(partitions.name or "")
+        scan = scan_new_files(spec, store, open_storage(spec.input), existing, cursor)
+        where = f"listed {scan.listed} object(s) after {cursor.after or 'the start'!r}"
+        if not scan.batches:
+            return dg.SensorResult(
+                skip_reason=f"no new {spec.type.lower()}: {where}", cursor=scan.cursor.serialize()
+            )
+        context.log.info(
+            f"{where}: {scan.new_files} new file(s) in {len(scan.batches)} run(s)"
+            + (f"; {scan.deferred} left for the next tick" if scan.deferred else "")
+        )
+        run_config = op_run_config(built.raw_files_op, spec.sensor.run_config)
+        requests = [
+            dg.RunRequest(
+                run_key=batch.run_key,
+                run_config=run_config,
+                tags={
+                    **partition_range_tags(batch.shards[0], batch.shards[-1]),
+                    DATASET_TAG: spec.name,
+                    TRIGGER_TAG: "sensor",
+                    FILES_TAG: str(batch.files),
+                },
+            )
+            for batch in scan.batches
+        ]
+        return dg.SensorResult(
+            run_requests=requests,
+            dynamic_partitions_requests=[partitions.build_add_request(scan.new_partitions)]
+            if scan.new_partitions
+            else [],
+            cursor=scan.cursor.serialize(),
+        )
+
+    return new_files_sensor

@@ -1,0 +1,138 @@
+"""The per-dataset sensor against a real temporary Dagster instance (build_sensor_context)."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import dagster as dg
+import pytest
+
+from datapool_pipeline.datapool import DatapoolStore
+from datapool_pipeline.datasets import load_datasets
+from datapool_pipeline.definitions import build_definitions
+from datapool_pipeline.errors import ConfigError
+from datapool_pipeline.storage import open_storage
+from datapool_pipeline_tests.conftest import add_videos, write_datasets_yaml
+
+SENSOR = "videos_datapool_new_files"
+PARTITIONS = "videos_datapool__shards"
+
+
+def _sensor_yaml(tmp_path: Path, **settings: object) -> tuple[Path, Path, Path]:
+    input_dir, output_dir = tmp_path / "input", tmp_path / "lightly"
+    input_dir.mkdir()
+    lines = "".join(f"      {k}: {json.dumps(v)}\n" for k, v in settings.items())
+    extra = f"    sensor:\n      enabled: true\n{lines}      selection_config: {{n_samples: 5}}\n"
+    path = write_datasets_yaml(
+        tmp_path / "datasets.yaml", "videos-datapool", "VIDEOS", str(input_dir), str(output_dir), extra=extra
+    )
+    return path, input_dir, output_dir
+
+
+@pytest.fixture
+def instance() -> Iterator[dg.DagsterInstance]:
+    with dg.instance_for_test() as inst:
+        yield inst
+
+
+def _tick(path: Path, instance: dg.DagsterInstance, cursor: str | None) -> dg.SensorResult:
+    defs = build_definitions(str(path))
+    sensor = defs.resolve_sensor_def(SENSOR)
+    context = dg.build_sensor_context(instance=instance, cursor=cursor, definitions=defs)
+    result = sensor(context)
+    assert isinstance(result, dg.SensorResult)
+    return result
+
+
+def _apply(instance: dg.DagsterInstance, result: dg.SensorResult) -> list[str]:
+    """What the daemon does with a tick's result: add the requested partitions."""
+    added: list[str] = []
+    for request in result.dynamic_partitions_requests or []:
+        instance.add_dynamic_partitions(request.partitions_def_name, list(request.partition_keys))
+        added.extend(request.partition_keys)
+    return added
+
+
+def _range(request: dg.RunRequest) -> tuple[str, str]:
+    return request.tags["dagster/asset_partition_range_start"], request.tags["dagster/asset_partition_range_end"]
+
+
+def test_new_files_then_nothing_then_overwrite(tmp_path: Path, instance: dg.DagsterInstance) -> None:
+    path, input_dir, output_dir = _sensor_yaml(tmp_path, files_per_run=2)
+    add_videos(input_dir, ["a.mp4", "b.mp4", "c.mp4"], seconds=1)
+    (input_dir / "notes.txt").write_text("not a video")
+
+    first = _tick(path, instance, None)
+    added = _apply(instance, first)
+    assert len(added) == 3 and instance.get_dynamic_partitions(PARTITIONS) == added
+    # One run per batch of 2 files, each over a contiguous range of the new partitions.
+    assert [_range(r) for r in first.run_requests] == [(added[0], added[1]), (added[2], added[2])]
+    assert [r.tags["datapool/files"] for r in first.run_requests] == ["2", "1"]
+    config = first.run_requests[0].run_config["ops"]["videos_datapool__raw_files"]["config"]
+    assert config["selection_config"] == {"n_samples": 5} and config["worker_config"]["use_datapool"] is True
+    assert all(r.tags["datapool/dataset"] == "videos-datapool" for r in first.run_requests)
+    registry = DatapoolStore(open_storage(str(output_dir))).read_registry()
+    assert sorted(registry["raw_key"].to_list()) == ["a.mp4", "b.mp4", "c.mp4"]
+
+    again = _tick(path, instance, first.cursor)
+    assert not again.run_requests and not again.dynamic_partitions_requests
+    assert "no new videos" in str(again.skip_reason)
+
+    # Overwrite b.mp4 with other content: new version -> new shard -> a new run for that file only.
+    add_videos(input_dir, ["b.mp4"], first_source=3, seconds=1)
+    os.utime(input_dir / "b.mp4", ns=(1, 1))
+    third = _tick(path, instance, again.cursor)
+    new = _apply(instance, third)
+    assert len(new) == 1 and new[0] not in added and new[0].startswith("v-b-mp4-")
+    assert [_range(r) for r in third.run_requests] == [(new[0], new[0])]
+    assert third.run_requests[0].run_key not in {r.run_key for r in first.run_requests}
+
+
+def test_cursor_bounds_listing_and_survives(tmp_path: Path, instance: dg.DagsterInstance) -> None:
+    path, input_dir, _ = _sensor_yaml(tmp_path, max_objects_per_tick=2, files_per_run=10)
+    add_videos(input_dir, ["a.mp4", "b.mp4", "c.mp4"], seconds=1)
+
+    first = _tick(path, instance, None)
+    assert json.loads(first.cursor or "") == {"after": "b.mp4", "passes": 0}
+    _apply(instance, first)
+    assert len(first.run_requests) == 1 and first.run_requests[0].tags["datapool/files"] == "2"
+
+    # A fresh context (as after a daemon restart) resumes from the stored cursor: only c.mp4 is left.
+    second = _tick(path, instance, first.cursor)
+    assert [k for r in second.dynamic_partitions_requests for k in r.partition_keys][0].startswith("v-c-mp4-")
+    assert json.loads(second.cursor or "") == {"after": "", "passes": 1}
+    _apply(instance, second)
+
+    third = _tick(path, instance, second.cursor)
+    assert not third.run_requests
+    assert json.loads(third.cursor or "")["after"] == "b.mp4"
+
+
+def test_registered_but_unrequested_shards_are_requested_again(tmp_path: Path, instance: dg.DagsterInstance) -> None:
+    """A tick that died after writing the registry (no partitions, no runs) loses nothing."""
+    path, input_dir, _ = _sensor_yaml(tmp_path)
+    add_videos(input_dir, ["a.mp4"], seconds=1)
+    lost = _tick(path, instance, None)  # result dropped: the daemon never applied it
+    retry = _tick(path, instance, None)
+    assert [r.run_key for r in retry.run_requests] == [r.run_key for r in lost.run_requests]
+    assert _apply(instance, retry) == list(lost.dynamic_partitions_requests[0].partition_keys)
+
+
+def test_sensor_settings_are_validated(tmp_path: Path) -> None:
+    path, _, _ = _sensor_yaml(tmp_path)
+    spec = load_datasets(path)["videos-datapool"]
+    assert spec.sensor.enabled and spec.sensor.minimum_interval_seconds == 60
+    text = path.read_text()
+    path.write_text(text.replace("n_samples: 5", "n_samples: 0"))
+    with pytest.raises(ConfigError, match=r"datasets.videos-datapool.sensor.selection_config.n_samples"):
+        load_datasets(path)
+    process_all = "enabled: true\n      worker_config: {datasource: {process_all: true}}"
+    path.write_text(text.replace("enabled: true", process_all))
+    with pytest.raises(ConfigError, match="sensor.worker_config.datasource.process_all"):
+        load_datasets(path)
+    path.write_text(text.replace("enabled: true", "enabled: true\n      files_per_run: 0"))
+    with pytest.raises(ConfigError, match="sensor.files_per_run: must be a positive integer"):
+        load_datasets(path)
