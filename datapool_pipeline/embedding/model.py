@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import functools
 import os
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+import queue
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +15,10 @@ import torch
 import torch.nn.functional as F
 
 from datapool_pipeline.datasets import EmbeddingSpec
+from datapool_pipeline.embedding.fast_cpu import cpu_precision, optimize_visual_for_cpu, set_cpu_threads
 from datapool_pipeline.errors import ConfigError, DatapoolError
+
+_PREFETCH_BATCHES = 2
 
 
 class ModelLoadError(DatapoolError):
@@ -65,31 +70,89 @@ class EmbeddingModel:
     dim: int
     fingerprint: str
     batch_size: int
+    encode: Callable[[torch.Tensor], torch.Tensor] | None = field(default=None, repr=False)
+    """Normalised NCHW float batch -> features; defaults to model.encode_image (see load_model)."""
+    precision: str = "fp32"
 
     def embed(self, frames: np.ndarray) -> np.ndarray:
         """uint8 frames (N, S, S, 3), already resized to image_size, -> float32 (N, dim), unit norm."""
         x = torch.from_numpy(np.ascontiguousarray(frames)).to(self.device)
-        x = x.permute(0, 3, 1, 2).float().div_(255.0)
-        x = (x - self.mean) / self.std
+        x = x.permute(0, 3, 1, 2).float().div_(255.0).sub_(self.mean).div_(self.std)
+        encode = self.encode or self.model.encode_image
         with torch.inference_mode():
             if self.device.type == "cuda":
                 with torch.autocast("cuda", dtype=torch.float16):
-                    features = self.model.encode_image(x)
+                    features = encode(x)
+            elif self.precision == "bf16":
+                with torch.autocast("cpu", dtype=torch.bfloat16):
+                    features = encode(x)
             else:
-                features = self.model.encode_image(x)
+                features = encode(x)
             features = F.normalize(features.float(), dim=-1)
         return features.cpu().numpy().astype(np.float32, copy=False)
 
     def embed_stream(self, frames: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
-        """Embed an iterable of single frames in batches; yields one (B, dim) array per batch."""
-        batch: list[np.ndarray] = []
-        for frame in frames:
-            batch.append(frame)
-            if len(batch) == self.batch_size:
-                yield self.embed(np.stack(batch))
-                batch = []
-        if batch:
-            yield self.embed(np.stack(batch))
+        """Embed an iterable of single frames in batches; yields one (B, dim) array per batch.
+
+        A background thread pulls frames (ffmpeg decode, pipe reads, stacking) while the model runs
+        on the previous batch; torch releases the GIL, so decode and inference overlap.
+        """
+        for batch in prefetch_batches(frames, self.batch_size):
+            yield self.embed(batch)
+
+
+def prefetch_batches(frames: Iterable[np.ndarray], batch_size: int, depth: int = _PREFETCH_BATCHES) -> Iterator[np.ndarray]:
+    """Stacked batches of `frames`, produced by a background thread up to `depth` batches ahead.
+
+    Exceptions from the source are re-raised in the consumer; if the consumer stops early the
+    producer stops at its next batch and the source's own cleanup (e.g. killing ffmpeg) runs.
+    """
+    q: queue.Queue[tuple[str, object]] = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def put(item: tuple[str, object]) -> bool:
+        while not stop.is_set():
+            try:
+                q.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        iterator = iter(frames)
+        try:
+            batch: list[np.ndarray] = []
+            for frame in iterator:
+                batch.append(frame)
+                if len(batch) == batch_size:
+                    if not put(("batch", np.stack(batch))):
+                        return
+                    batch = []
+            if batch:
+                put(("batch", np.stack(batch)))
+            put(("end", None))
+        except BaseException as exc:  # noqa: BLE001 - handed to the consumer
+            put(("error", exc))
+        finally:
+            close = getattr(iterator, "close", None)
+            if close is not None:
+                close()
+
+    thread = threading.Thread(target=produce, name="frame-prefetch", daemon=True)
+    thread.start()
+    try:
+        while True:
+            kind, item = q.get()
+            if kind == "batch":
+                yield item  # type: ignore[misc]
+            elif kind == "error":
+                raise item  # type: ignore[misc]
+            else:
+                return
+    finally:
+        stop.set()
+        thread.join()
 
 
 def load_model(spec: EmbeddingSpec) -> EmbeddingModel:
@@ -123,13 +186,20 @@ def _load_cached(spec: EmbeddingSpec) -> EmbeddingModel:
                 "and set embedding.pretrained to its local path"
             ) from None
     model = model.to(device).eval()
+    precision = "fp16" if device.type == "cuda" else "fp32"
+    encode: Callable[[torch.Tensor], torch.Tensor] | None = None
+    if device.type == "cpu":
+        precision = cpu_precision()
+        set_cpu_threads()
+        visual = optimize_visual_for_cpu(model.visual, precision)
+        encode = functools.partial(_encode_with, visual)
     cfg = open_clip.get_model_preprocess_cfg(model)
     size = cfg.get("size", 224)
     image_size = int(size[0] if isinstance(size, (tuple, list)) else size)
     mean = torch.tensor(cfg.get("mean", open_clip.OPENAI_DATASET_MEAN), device=device).view(1, 3, 1, 1)
     std = torch.tensor(cfg.get("std", open_clip.OPENAI_DATASET_STD), device=device).view(1, 3, 1, 1)
     with torch.inference_mode():
-        dim = int(model.encode_image(torch.zeros(1, 3, image_size, image_size, device=device)).shape[-1])
+        dim = int((encode or model.encode_image)(torch.zeros(1, 3, image_size, image_size, device=device)).shape[-1])
     return EmbeddingModel(
         model=model,
         image_size=image_size,
@@ -139,4 +209,11 @@ def _load_cached(spec: EmbeddingSpec) -> EmbeddingModel:
         dim=dim,
         fingerprint=spec.fingerprint,
         batch_size=spec.batch_size,
+        encode=encode,
+        precision=precision,
     )
+
+
+def _encode_with(visual: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """open_clip's encode_image(normalize=False) on a separately prepared image tower."""
+    return visual(x)

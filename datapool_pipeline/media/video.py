@@ -22,10 +22,20 @@ class VideoDecodeError(Exception):
     pass
 
 
-def _video_stream(source: str, fps: float | None) -> ffmpeg.nodes.FilterableStream:
+def _video_stream(
+    source: str, fps: float | None, skip_duplicates: bool = False, scene_threshold: float | None = None
+) -> ffmpeg.nodes.FilterableStream:
+    """The decoded frames that count as samples, before any scaling (so that FrameStream and
+    extract_frames_png number them identically): optional fps resampling, then optional dropping of
+    near-duplicate consecutive frames (mpdecimate) and/or keeping only frames whose scene-change score
+    exceeds a threshold (the first frame is always kept)."""
     stream = ffmpeg.input(source).video
     if fps:
         stream = stream.filter("fps", fps=fps)
+    if skip_duplicates:
+        stream = stream.filter("mpdecimate")
+    if scene_threshold is not None:
+        stream = stream.filter("select", f"eq(n,0)+gt(scene,{float(scene_threshold)!r})")
     return stream
 
 
@@ -66,10 +76,20 @@ class FrameStream:
     ffmpeg's reason if it stopped with a failure (frames yielded before it remain valid).
     """
 
-    def __init__(self, source: str, size: int, fps: float | None = None) -> None:
+    def __init__(
+        self,
+        source: str,
+        size: int,
+        fps: float | None = None,
+        *,
+        skip_duplicates: bool = False,
+        scene_threshold: float | None = None,
+    ) -> None:
         self.source = source
         self.size = size
         self.fps = fps
+        self.skip_duplicates = skip_duplicates
+        self.scene_threshold = scene_threshold
         self.timestamps: list[float] = []
         self.error: str | None = None
         self.frames = 0
@@ -77,7 +97,7 @@ class FrameStream:
     def __iter__(self) -> Iterator[np.ndarray]:
         s = self.size
         stream = (
-            _video_stream(self.source, self.fps)
+            _video_stream(self.source, self.fps, self.skip_duplicates, self.scene_threshold)
             .filter("scale", s, s, force_original_aspect_ratio="increase", flags="bicubic")
             .filter("crop", s, s)
             .filter("showinfo")
@@ -115,8 +135,15 @@ def _select_expression(indices: list[int]) -> str:
     return "+".join(f"eq(n,{i})" for i in indices)
 
 
-def extract_frames_png(source: str, indices: list[int], fps: float | None = None) -> dict[int, bytes]:
-    """The given frame indices (as counted by FrameStream with the same fps) as full-resolution PNGs.
+def extract_frames_png(
+    source: str,
+    indices: list[int],
+    fps: float | None = None,
+    *,
+    skip_duplicates: bool = False,
+    scene_threshold: float | None = None,
+) -> dict[int, bytes]:
+    """The given frame indices (as counted by FrameStream with the same options) as full-resolution PNGs.
 
     One ffmpeg pass per call; only the selected frames are encoded, nothing is written to disk.
     """
@@ -128,7 +155,7 @@ def extract_frames_png(source: str, indices: list[int], fps: float | None = None
     for start in range(0, len(wanted), 256):
         chunk = wanted[start : start + 256]
         stream = (
-            _video_stream(source, fps)
+            _video_stream(source, fps, skip_duplicates, scene_threshold)
             .filter("select", _select_expression(chunk))
             .output("pipe:", format="image2pipe", vcodec="png", fps_mode="passthrough")
         )
