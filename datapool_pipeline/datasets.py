@@ -45,6 +45,14 @@ class VideoSpec:
     """Frame extraction settings for VIDEOS datasets (defaults keep every frame)."""
 
     fps: float | None = None
+    skip_duplicates: bool = False
+    """Drop frames that barely differ from the previous kept one (ffmpeg mpdecimate)."""
+    scene_threshold: float | None = None
+    """Keep only frames whose scene-change score (0..1) exceeds this (ffmpeg select=gt(scene,T))."""
+
+    def frame_options(self) -> dict[str, object]:
+        """Keyword arguments for FrameStream / extract_frames_png (same options = same frame indices)."""
+        return {"fps": self.fps, "skip_duplicates": self.skip_duplicates, "scene_threshold": self.scene_threshold}
 
 
 @dataclass(frozen=True)
@@ -78,6 +86,8 @@ class DatasetSpec:
     video: VideoSpec = field(default_factory=VideoSpec)
     images_per_shard: int = 256
     seed: int = 0
+    bypass_verify: bool = False
+    """Skip the run-start check that the input is readable and the output writable."""
     sensor: SensorSpec = field(default_factory=SensorSpec)
 
     @property
@@ -129,7 +139,8 @@ def _parse_dataset(name: str, body: Any, base_dir: Path, source: str) -> Dataset
         raise ConfigError(f"{where}: the name must start with a letter and use only letters, digits, - and _")
     if not isinstance(body, dict):
         raise ConfigError(f"{where}: expected a mapping with type, input and output")
-    allowed = {"type", "input", "output", "embedding", "video", "images_per_shard", "seed", "sensor"}
+    allowed = {"type", "input", "output", "embedding", "video", "images_per_shard", "seed", "sensor",
+               "bypass_verify"}
     unknown = set(body) - allowed
     if unknown:
         raise ConfigError(f"{where}: unknown key(s) {sorted(unknown)}; allowed: {sorted(allowed)}")
@@ -151,6 +162,9 @@ def _parse_dataset(name: str, body: Any, base_dir: Path, source: str) -> Dataset
     seed = body.get("seed", 0)
     if not isinstance(seed, int) or isinstance(seed, bool):
         raise ConfigError(f"{where}.seed: must be an integer")
+    bypass_verify = body.get("bypass_verify", False)
+    if not isinstance(bypass_verify, bool):
+        raise ConfigError(f"{where}.bypass_verify: must be true or false")
     sensor = _parse_sensor(body.get("sensor") or {}, f"{where}.sensor")
     return DatasetSpec(
         name=name,
@@ -161,6 +175,7 @@ def _parse_dataset(name: str, body: Any, base_dir: Path, source: str) -> Dataset
         video=video,
         images_per_shard=images_per_shard,
         seed=seed,
+        bypass_verify=bypass_verify,
         sensor=sensor,
     )
 
@@ -206,15 +221,31 @@ def _parse_embedding(body: Any, where: str) -> EmbeddingSpec:
 
 
 def _parse_video(body: Any, where: str) -> VideoSpec:
+    allowed = ["fps", "scene_threshold", "skip_duplicates"]
     if not isinstance(body, dict):
-        raise ConfigError(f"{where}: expected a mapping (fps)")
-    unknown = set(body) - {"fps"}
+        raise ConfigError(f"{where}: expected a mapping ({', '.join(allowed)})")
+    unknown = set(body) - set(allowed)
     if unknown:
-        raise ConfigError(f"{where}: unknown key(s) {sorted(unknown)}; allowed: ['fps']")
+        raise ConfigError(f"{where}: unknown key(s) {sorted(unknown)}; allowed: {allowed}")
     fps = body.get("fps")
     if fps is not None and (not isinstance(fps, (int, float)) or isinstance(fps, bool) or fps <= 0):
         raise ConfigError(f"{where}.fps: must be a positive number, or omitted to keep every frame")
-    return VideoSpec(fps=float(fps) if fps is not None else None)
+    skip = body.get("skip_duplicates", False)
+    if not isinstance(skip, bool):
+        raise ConfigError(f"{where}.skip_duplicates: must be true or false, got {skip!r}")
+    scene = body.get("scene_threshold")
+    if scene is not None and (
+        not isinstance(scene, (int, float)) or isinstance(scene, bool) or not 0 < scene < 1
+    ):
+        raise ConfigError(
+            f"{where}.scene_threshold: must be a number between 0 and 1 (e.g. 0.1), or omitted to keep "
+            f"every frame, got {scene!r}"
+        )
+    return VideoSpec(
+        fps=float(fps) if fps is not None else None,
+        skip_duplicates=skip,
+        scene_threshold=float(scene) if scene is not None else None,
+    )
 
 
 def _positive_int(body: dict[str, Any], key: str, default: int, where: str) -> int:
