@@ -18,6 +18,7 @@ from datapool_pipeline.datasets import DatasetSpec
 from datapool_pipeline.errors import RunAborted
 from datapool_pipeline.media.kinds import media_kind
 from datapool_pipeline.storage import Storage, open_storage
+from datapool_pipeline.storage.verify import verify_access
 from datapool_pipeline.workflow.discovery import (
     assign_shards,
     check_use_datapool,
@@ -52,8 +53,10 @@ def prepare_run(
     """Register the shards of every file the run needs (adding missing dynamic partitions now) and
     return the range covering them. Raises RunAborted (nothing written) when there is nothing to do."""
     store = DatapoolStore(open_storage(spec.output))
-    check_use_datapool(spec, store, run_config.use_datapool)
     input_storage = open_storage(spec.input)
+    if not spec.bypass_verify:
+        verify_access(spec.name, input_storage, store.storage)
+    check_use_datapool(spec, store, run_config.use_datapool)
     inventory = list_inventory(spec, input_storage, log)
     state = store.load_state()
     todo = inventory.files if run_config.process_all else unprocessed(inventory.files, state.processed)

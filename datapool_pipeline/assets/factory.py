@@ -17,6 +17,7 @@ from datapool_pipeline.datasets import DatasetSpec
 from datapool_pipeline.embedding import load_model
 from datapool_pipeline.report import build_report, write_report
 from datapool_pipeline.storage import open_storage
+from datapool_pipeline.storage.verify import verify_access
 from datapool_pipeline.workflow.commit import commit_staged
 from datapool_pipeline.workflow.discovery import RunPlan, check_use_datapool, plan_run
 from datapool_pipeline.workflow.embeddings import embed_shard
@@ -62,6 +63,8 @@ def build_dataset_assets(spec: DatasetSpec) -> DatasetAssets:
     )
     def raw_files(context: dg.AssetExecutionContext, config: DatapoolRunConfig) -> PlannedRun:
         run_config = config.parsed()
+        if not spec.bypass_verify:  # runs launched from the UI or a sensor check access here
+            verify_access(spec.name, input_storage, store.storage)
         check_use_datapool(spec, store, run_config.use_datapool)
         shards = run_shard_keys(context, partitions.name or "")
         plan = plan_run(spec, store, input_storage, shards, process_all=run_config.process_all, log=context.log.info)

@@ -1,19 +1,28 @@
-"""Datasources: local folders now; s3://, gs://, az:// plug in behind the same interface."""
+"""Datasources: local folders, s3://, gs:// and az:// prefixes behind one interface."""
 
 from __future__ import annotations
 
-from datapool_pipeline.errors import ConfigError
-from datapool_pipeline.storage.base import ObjectInfo, Storage, check_key
+from datapool_pipeline.storage.base import ObjectInfo, Storage, StorageError, check_key
 from datapool_pipeline.storage.local import LocalStorage
 
-__all__ = ["ObjectInfo", "Storage", "LocalStorage", "check_key", "open_storage"]
+__all__ = ["ObjectInfo", "Storage", "StorageError", "LocalStorage", "check_key", "open_storage"]
 
 
 def open_storage(uri: str) -> Storage:
-    """The storage backend for a datasource location (as resolved by datasets.yaml loading)."""
-    for scheme in ("s3://", "gs://", "az://"):
-        if uri.startswith(scheme):
-            raise ConfigError(
-                f"{uri}: {scheme} datasources are not supported by this version yet; use a local folder"
-            )
+    """The storage backend for a datasource location (as resolved by datasets.yaml loading).
+
+    Object-store clients are created on first use, so this never touches the network.
+    """
+    if uri.startswith("s3://"):
+        from datapool_pipeline.storage.s3 import S3Storage
+
+        return S3Storage(uri)
+    if uri.startswith("gs://"):
+        from datapool_pipeline.storage.gcs import GCSStorage
+
+        return GCSStorage(uri)
+    if uri.startswith("az://"):
+        from datapool_pipeline.storage.azure import AzureBlobStorage
+
+        return AzureBlobStorage(uri)
     return LocalStorage(uri.removeprefix("file://"))

@@ -12,6 +12,12 @@ import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from datapool_pipeline.errors import DatapoolError
+
+
+class StorageError(DatapoolError):
+    """A datasource operation failed; the message names the location, never a credential."""
+
 
 @dataclass(frozen=True, slots=True)
 class ObjectInfo:

@@ -1,0 +1,162 @@
+"""az://container/prefix datasources through azure-storage-blob.
+
+Account and credentials, first match wins:
+  AZURE_STORAGE_CONNECTION_STRING                                  (account, endpoint and key or SAS)
+  AZURE_STORAGE_ACCOUNT_URL or AZURE_STORAGE_ACCOUNT, with one of
+    AZURE_STORAGE_SAS_TOKEN, AZURE_STORAGE_KEY, or DefaultAzureCredential (AZURE_CLIENT_ID/..., managed identity)
+AZURE_STORAGE_ACCOUNT_URL is the blob endpoint, e.g. http://127.0.0.1:10000/devstoreaccount1 for Azurite.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from typing import Any
+from urllib.parse import urlparse
+
+from datapool_pipeline.errors import ConfigError
+from datapool_pipeline.storage.base import ObjectInfo
+from datapool_pipeline.storage.objectstore import ObjectStore
+
+CONNECTION_STRING_ENV = "AZURE_STORAGE_CONNECTION_STRING"
+ACCOUNT_URL_ENV = "AZURE_STORAGE_ACCOUNT_URL"
+ACCOUNT_ENV = "AZURE_STORAGE_ACCOUNT"
+SAS_ENV = "AZURE_STORAGE_SAS_TOKEN"
+KEY_ENV = "AZURE_STORAGE_KEY"
+_BAD_CREDENTIALS = {"AuthenticationFailed", "InvalidAuthenticationInfo", "NoAuthenticationInformation"}
+
+
+def _account_name(url: str) -> str:
+    parsed = urlparse(url)
+    path = parsed.path.strip("/")
+    # Emulators put the account in the path; the cloud puts it in the host name.
+    return path.split("/")[0] if path else (parsed.hostname or "").split(".")[0]
+
+
+def service_client() -> Any:
+    from azure.storage.blob import BlobServiceClient
+
+    kwargs: dict[str, Any] = {"connection_timeout": 10, "read_timeout": 120}
+    conn = os.environ.get(CONNECTION_STRING_ENV, "").strip()
+    if conn:
+        try:
+            return BlobServiceClient.from_connection_string(conn, **kwargs)
+        except ValueError:
+            raise ConfigError(f"{CONNECTION_STRING_ENV} is not a valid connection string (value not shown)") from None
+    account = os.environ.get(ACCOUNT_ENV, "").strip()
+    url = os.environ.get(ACCOUNT_URL_ENV, "").strip() or (f"https://{account}.blob.core.windows.net" if account else "")
+    if not url:
+        raise ConfigError(
+            f"az:// datasources need {CONNECTION_STRING_ENV}, or {ACCOUNT_URL_ENV} / {ACCOUNT_ENV} with "
+            f"{SAS_ENV}, {KEY_ENV} or a DefaultAzureCredential identity"
+        )
+    sas = os.environ.get(SAS_ENV, "").strip().lstrip("?")
+    key = os.environ.get(KEY_ENV, "").strip()
+    credential: Any
+    if sas:
+        from azure.core.credentials import AzureSasCredential
+
+        credential = AzureSasCredential(sas)
+    elif key:
+        credential = {"account_name": account or _account_name(url), "account_key": key}
+    else:
+        from azure.identity import DefaultAzureCredential
+
+        credential = DefaultAzureCredential()
+    return BlobServiceClient(url, credential=credential, **kwargs)
+
+
+class AzureBlobStorage(ObjectStore):
+    scheme = "az://"
+
+    def _make_client(self) -> Any:
+        return service_client().get_container_client(self.bucket)
+
+    @contextlib.contextmanager
+    def _call(self, action: str, key: str = "") -> Iterator[None]:
+        from azure.core.exceptions import AzureError, ClientAuthenticationError, HttpResponseError
+
+        try:
+            yield
+        except ClientAuthenticationError as exc:
+            code = getattr(exc, "error_code", None) or type(exc).__name__
+            raise self.error(action, key, f"the credentials were rejected ({code})") from None
+        except HttpResponseError as exc:
+            code = str(exc.error_code or exc.status_code)
+            if code == "ContainerNotFound":
+                reason = "the container does not exist (ContainerNotFound)"
+            elif code in _BAD_CREDENTIALS:
+                reason = f"the credentials were rejected ({code})"
+            elif exc.status_code == 403:
+                reason = f"access denied ({code}): the credential lacks the permission"
+            else:
+                reason = code
+            raise self.error(action, key, reason) from None
+        except AzureError as exc:
+            raise self.error(action, key, type(exc).__name__) from None
+
+    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        with self._call("listing", prefix):
+            pages = self.client.list_blobs(
+                name_starts_with=self._list_prefix(prefix) or None, results_per_page=self.page_size
+            ).by_page()
+            for page in pages:
+                for blob in page:
+                    key = self._key(blob.name)
+                    if key is not None:
+                        yield self._info(key, blob)
+
+    @staticmethod
+    def _info(key: str, blob: Any) -> ObjectInfo:
+        return ObjectInfo(key, int(blob.size), str(blob.etag).strip('"'), blob.last_modified.timestamp())
+
+    def stat(self, key: str) -> ObjectInfo | None:
+        from azure.core.exceptions import ResourceNotFoundError
+
+        with self._call("stat", key):
+            try:
+                props = self.client.get_blob_client(self._name(key)).get_blob_properties()
+            except ResourceNotFoundError:
+                return None
+        return self._info(key, props)
+
+    def read_bytes(self, key: str) -> bytes:
+        from azure.core.exceptions import ResourceNotFoundError
+
+        with self._call("reading", key):
+            try:
+                return self.client.download_blob(self._name(key)).readall()
+            except ResourceNotFoundError as exc:
+                if exc.error_code == "ContainerNotFound":
+                    raise
+                raise FileNotFoundError(self.display(key)) from None
+
+    def read_range(self, key: str, start: int, end: int) -> Iterator[bytes]:
+        with self._call("reading", key):
+            yield from self.client.download_blob(self._name(key), offset=start, length=end - start + 1).chunks()
+
+    def write_bytes(self, key: str, data: bytes) -> None:
+        with self._call("writing", key):
+            self.client.upload_blob(self._name(key), data, overwrite=True)
+
+    def put_if_absent(self, key: str, data: bytes) -> bool:
+        from azure.core.exceptions import ResourceExistsError, ResourceModifiedError
+
+        with self._call("conditional write", key):
+            try:
+                # overwrite=False sends If-None-Match: *, so the service refuses the create if the blob exists.
+                self.client.upload_blob(self._name(key), data, overwrite=False)
+                return True
+            except (ResourceExistsError, ResourceModifiedError):
+                return False
+
+    def delete(self, key: str) -> None:
+        from azure.core.exceptions import ResourceNotFoundError
+
+        with self._call("deleting", key):
+            try:
+                self.client.delete_blob(self._name(key))
+            except ResourceNotFoundError as exc:
+                if exc.error_code == "ContainerNotFound":
+                    raise

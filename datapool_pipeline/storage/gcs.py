@@ -1,0 +1,141 @@
+"""gs://bucket/prefix datasources through google-cloud-storage.
+
+Credentials: DATAPOOL_GCS_SERVICE_ACCOUNT_JSON (the service-account JSON itself, for secret stores that
+inject values rather than files), else application-default credentials (GOOGLE_APPLICATION_CREDENTIALS,
+gcloud, workload identity). STORAGE_EMULATOR_HOST points the client at an emulator (anonymous access).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from collections.abc import Iterator
+from typing import Any
+
+from datapool_pipeline.errors import ConfigError
+from datapool_pipeline.storage.base import ObjectInfo
+from datapool_pipeline.storage.objectstore import CHUNK, ObjectStore
+
+SERVICE_ACCOUNT_JSON_ENV = "DATAPOOL_GCS_SERVICE_ACCOUNT_JSON"
+PROJECT_ENV = "GOOGLE_CLOUD_PROJECT"
+EMULATOR_ENV = "STORAGE_EMULATOR_HOST"
+
+
+def gcs_credentials() -> Any | None:
+    """Service-account credentials from the environment, or None for application-default ones."""
+    text = os.environ.get(SERVICE_ACCOUNT_JSON_ENV, "").strip()
+    if not text:
+        return None
+    from google.oauth2 import service_account
+
+    try:
+        info = json.loads(text)
+        return service_account.Credentials.from_service_account_info(
+            info, scopes=["https://www.googleapis.com/auth/devstorage.read_write"]
+        )
+    except (ValueError, KeyError, TypeError):
+        raise ConfigError(
+            f"{SERVICE_ACCOUNT_JSON_ENV} does not hold a valid service-account JSON key (value not shown)"
+        ) from None
+
+
+class GCSStorage(ObjectStore):
+    scheme = "gs://"
+
+    def _make_client(self) -> Any:
+        from google.auth.credentials import AnonymousCredentials
+        from google.auth.exceptions import DefaultCredentialsError
+        from google.cloud import storage
+
+        project = os.environ.get(PROJECT_ENV) or None
+        if os.environ.get(EMULATOR_ENV):
+            return storage.Client(project=project or "datapool-emulator", credentials=AnonymousCredentials())
+        credentials = gcs_credentials()
+        try:
+            return storage.Client(project=project or getattr(credentials, "project_id", None), credentials=credentials)
+        except DefaultCredentialsError:
+            raise self.error(
+                "connecting", "", f"no Google credentials found: set {SERVICE_ACCOUNT_JSON_ENV} or "
+                "GOOGLE_APPLICATION_CREDENTIALS (or run where application-default credentials exist)"
+            ) from None
+
+    @property
+    def _bucket(self) -> Any:
+        return self.client.bucket(self.bucket)
+
+    @contextlib.contextmanager
+    def _call(self, action: str, key: str = "") -> Iterator[None]:
+        from google.api_core import exceptions as gexc
+        from google.auth.exceptions import GoogleAuthError
+
+        try:
+            yield
+        except gexc.NotFound:
+            missing = "the bucket does not exist (404)" if action == "listing" else "not found (404)"
+            raise self.error(action, key, missing) from None
+        except (gexc.Forbidden, gexc.Unauthorized) as exc:
+            raise self.error(action, key, f"access denied ({exc.code})") from None
+        except gexc.GoogleAPICallError as exc:
+            raise self.error(action, key, f"{exc.code} {type(exc).__name__}") from None
+        except GoogleAuthError as exc:
+            raise self.error(action, key, f"the credentials were rejected ({type(exc).__name__})") from None
+
+    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        with self._call("listing", prefix):
+            blobs = self.client.list_blobs(self.bucket, prefix=self._list_prefix(prefix), page_size=self.page_size)
+            for page in blobs.pages:
+                for blob in page:
+                    key = self._key(blob.name)
+                    if key is not None:
+                        yield self._info(key, blob)
+
+    @staticmethod
+    def _info(key: str, blob: Any) -> ObjectInfo:
+        # md5 (or crc32c for composite objects) identifies the content, as an S3 etag does.
+        version = blob.md5_hash or blob.crc32c or str(blob.generation)
+        mtime = blob.updated.timestamp() if blob.updated else 0.0
+        return ObjectInfo(key, int(blob.size or 0), version, mtime)
+
+    def stat(self, key: str) -> ObjectInfo | None:
+        with self._call("stat", key):
+            blob = self._bucket.get_blob(self._name(key))
+        return None if blob is None else self._info(key, blob)
+
+    def read_bytes(self, key: str) -> bytes:
+        from google.api_core.exceptions import NotFound
+
+        with self._call("reading", key):
+            try:
+                return self._bucket.blob(self._name(key)).download_as_bytes()
+            except NotFound:
+                raise FileNotFoundError(self.display(key)) from None
+
+    def read_range(self, key: str, start: int, end: int) -> Iterator[bytes]:
+        with self._call("reading", key):
+            blob = self._bucket.blob(self._name(key))
+            for offset in range(start, end + 1, CHUNK):
+                last = min(offset + CHUNK - 1, end)
+                yield blob.download_as_bytes(start=offset, end=last, checksum=None)
+
+    def write_bytes(self, key: str, data: bytes) -> None:
+        with self._call("writing", key):
+            self._bucket.blob(self._name(key)).upload_from_string(data, content_type="application/octet-stream")
+
+    def put_if_absent(self, key: str, data: bytes) -> bool:
+        from google.api_core.exceptions import PreconditionFailed
+
+        with self._call("conditional write", key):
+            try:
+                self._bucket.blob(self._name(key)).upload_from_string(
+                    data, content_type="application/octet-stream", if_generation_match=0
+                )
+                return True
+            except PreconditionFailed:
+                return False
+
+    def delete(self, key: str) -> None:
+        from google.api_core.exceptions import NotFound
+
+        with self._call("deleting", key), contextlib.suppress(NotFound):
+            self._bucket.blob(self._name(key)).delete()
