@@ -1,0 +1,230 @@
+"""Real object-store servers on 127.0.0.1 (moto S3, gcp-storage-emulator, Azurite) and per-backend helpers.
+
+Servers are started once per test session on free ports and stopped at the end; every test gets its own
+bucket / container, and its credentials through environment variables (monkeypatched).
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import socket
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from http import HTTPStatus
+from pathlib import Path
+
+import pytest
+
+from datapool_pipeline.storage import open_storage
+
+REPO = Path(__file__).resolve().parents[2]
+AZURITE_ACCOUNT = "devstoreaccount1"
+# Azurite's published development account key (not a secret: it is the emulator's built-in default).
+AZURITE_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
+BACKENDS = ("s3", "gcs", "azure")
+_CLOUD_ENV = (
+    "AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL_S3", "DATAPOOL_S3_ROLE_ARN", "DATAPOOL_S3_EXTERNAL_ID",
+    "DATAPOOL_GCS_SERVICE_ACCOUNT_JSON", "GOOGLE_APPLICATION_CREDENTIALS", "AZURE_STORAGE_CONNECTION_STRING",
+    "AZURE_STORAGE_SAS_TOKEN", "AZURE_STORAGE_KEY", "AZURE_STORAGE_ACCOUNT", "DATAPOOL_REMOTE_MEDIA",
+)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for_port(port: int, proc: subprocess.Popen[bytes] | None = None, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"server on port {port} exited with {proc.returncode}")
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.1)
+    raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout}s")
+
+
+def stop_process(proc: subprocess.Popen[bytes]) -> None:
+    proc.terminate()
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+# -- servers ---------------------------------------------------------------------------------------
+@pytest.fixture(scope="session")
+def s3_endpoint() -> Iterator[str]:
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    try:
+        yield f"http://{host}:{port}"
+    finally:
+        server.stop()
+
+
+def _honour_gcs_generation_preconditions() -> None:
+    """gcp-storage-emulator ignores ifGenerationMatch on uploads; the real service does not. Add that
+    check to the emulator's upload handler (its server handles one request at a time, so check + create
+    is atomic there), so that put_if_absent is tested against the semantics of the real service."""
+    from gcp_storage_emulator import server as gserver
+    from gcp_storage_emulator.exceptions import NotFound
+    from gcp_storage_emulator.handlers import objects
+
+    original = objects.insert
+    if getattr(original, "_honours_generation", False):
+        return
+
+    def insert(request, response, storage, *args, **kwargs):  # noqa: ANN001, ANN202
+        wanted = request.query.get("ifGenerationMatch")
+        if wanted:
+            name = (request.query.get("name") or [None])[0]
+            if name is None and isinstance(request.data, dict):
+                name = (request.data.get("meta") or {}).get("name")
+            try:
+                current = str(storage.get_file_obj(request.params["bucket_name"], name).get("generation", "0"))
+            except NotFound:
+                current = "0"
+            if current != wanted[0]:
+                response.status = HTTPStatus.PRECONDITION_FAILED
+                response.json({"error": {"code": 412, "message": "Precondition Failed"}})
+                return None
+        return original(request, response, storage, *args, **kwargs)
+
+    insert._honours_generation = True  # type: ignore[attr-defined]
+    objects.insert = insert
+    for _, handlers in gserver.HANDLERS:
+        for method, handler in list(handlers.items()):
+            if handler is original:
+                handlers[method] = insert
+
+
+@pytest.fixture(scope="session")
+def gcs_endpoint() -> Iterator[str]:
+    from gcp_storage_emulator.server import create_server
+
+    _honour_gcs_generation_preconditions()
+    server = create_server("127.0.0.1", 0, in_memory=True)
+    server.start()
+    try:
+        yield f"http://127.0.0.1:{server._api._httpd.server_port}"
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def azurite_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    binary = REPO / "node_modules" / ".bin" / "azurite-blob"
+    if not binary.exists():
+        found = shutil.which("azurite-blob")
+        if not found:
+            pytest.fail("azurite-blob not found: run `npm install` in the repository (scripts/setup.sh test does)")
+        binary = Path(found)
+    port = free_port()
+    location = tmp_path_factory.mktemp("azurite")
+    proc = subprocess.Popen(
+        [str(binary), "--blobHost", "127.0.0.1", "--blobPort", str(port), "--location", str(location),
+         "--skipApiVersionCheck", "--loose", "--disableTelemetry"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_for_port(port, proc)
+        yield f"http://127.0.0.1:{port}/{AZURITE_ACCOUNT}"
+    finally:
+        stop_process(proc)
+
+
+# -- one backend, as a test sees it ------------------------------------------------------------------
+@dataclass
+class Backend:
+    name: str
+    endpoint: str
+    monkeypatch: pytest.MonkeyPatch
+
+    def use(self) -> Backend:
+        """Point the environment at this backend's server with working credentials."""
+        for var in _CLOUD_ENV:
+            self.monkeypatch.delenv(var, raising=False)
+        if self.name == "s3":
+            self.monkeypatch.setenv("AWS_ENDPOINT_URL", self.endpoint)
+            self.monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIDTESTDATAPOOL")
+            self.monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "test-secret-" + uuid.uuid4().hex)
+            self.monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+        elif self.name == "gcs":
+            self.monkeypatch.setenv("STORAGE_EMULATOR_HOST", self.endpoint)
+        else:
+            self.monkeypatch.setenv("AZURE_STORAGE_ACCOUNT_URL", self.endpoint)
+            self.monkeypatch.setenv("AZURE_STORAGE_KEY", AZURITE_KEY)
+        return self
+
+    @property
+    def scheme(self) -> str:
+        return {"s3": "s3://", "gcs": "gs://", "azure": "az://"}[self.name]
+
+    def create_bucket(self, name: str | None = None) -> str:
+        name = name or f"dp-{uuid.uuid4().hex[:16]}"
+        if self.name == "s3":
+            import boto3
+
+            boto3.client("s3", endpoint_url=self.endpoint).create_bucket(Bucket=name)
+        elif self.name == "gcs":
+            from google.auth.credentials import AnonymousCredentials
+            from google.cloud import storage
+
+            storage.Client(project="test", credentials=AnonymousCredentials()).create_bucket(name)
+        else:
+            from azure.storage.blob import BlobServiceClient
+
+            service = BlobServiceClient(
+                self.endpoint, credential={"account_name": AZURITE_ACCOUNT, "account_key": AZURITE_KEY}
+            )
+            service.create_container(name)
+        return name
+
+    def location(self, prefix: str = "data") -> str:
+        """A fresh bucket / container; returns `scheme://bucket/prefix`."""
+        return f"{self.scheme}{self.create_bucket()}/{prefix}"
+
+
+@pytest.fixture
+def s3(s3_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> Backend:
+    return Backend("s3", s3_endpoint, monkeypatch).use()
+
+
+@pytest.fixture
+def gcs(gcs_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> Backend:
+    return Backend("gcs", gcs_endpoint, monkeypatch).use()
+
+
+@pytest.fixture
+def azure(azurite_url: str, monkeypatch: pytest.MonkeyPatch) -> Backend:
+    return Backend("azure", azurite_url, monkeypatch).use()
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> Backend:
+    return request.getfixturevalue(request.param)
+
+
+def upload_folder(folder: Path, uri: str) -> list[str]:
+    """Copy every file of a local folder to a datasource (keys relative to the folder)."""
+    storage = open_storage(uri)
+    keys = []
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        key = path.relative_to(folder).as_posix()
+        storage.write_bytes(key, path.read_bytes())
+        keys.append(key)
+    return keys
+
