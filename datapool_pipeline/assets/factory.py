@@ -192,7 +192,9 @@ def build_dataset_assets(spec: DatasetSpec) -> DatasetAssets:
                 "samples": commit.n_samples,
                 "datapool_size": commit.datapool_size,
                 "raw_files_processed": commit.n_processed,
-                "report": dg.MetadataValue.path(f"{report_dir}/report.json"),
+                "report": dg.MetadataValue.path(f"{report_dir}/report.pdf"),
+                "report_json": dg.MetadataValue.path(f"{report_dir}/report.json"),
+                "embedding_view": dg.MetadataValue.path(f"{report_dir}/embedding_view.html"),
                 "summary": dg.MetadataValue.md(
                     f"| tag | samples | datapool |\n|---|---|---|\n| {commit.tag} | {commit.n_samples} | "
                     f"{commit.datapool_size - commit.n_samples} -> {commit.datapool_size} |"
@@ -203,19 +205,29 @@ def build_dataset_assets(spec: DatasetSpec) -> DatasetAssets:
 
     @dg.asset(
         key=[prefix, "report"],
-        description="report.json (and report.pdf / embedding_view.html) for the committed tag.",
+        description="The tag's run report: report.json (the numbers), report.pdf (summary, distances ours vs "
+        "random, embedding view, per-video timeline, thumbnails) and embedding_view.html (interactive).",
         **common,
     )
     def report(context: dg.AssetExecutionContext, tag: dict[str, Any]) -> dg.MaterializeResult:
+        from datapool_pipeline.assets.run_timings import step_timings
+        from datapool_pipeline.report import headline_markdown
+
         commit = next(c for c in store.load_commits() if c.seq == tag["seq"])
-        body = build_report(spec, store, commit)
-        written = write_report(store, body)
+        timings = step_timings(context.instance, context.run.run_id, prefix)
+        built = build_report(spec, store, commit, extra={"timings": timings})
+        written = write_report(store, built, input_storage, log=context.log.info, warn=context.log.warning)
+        body, names = built.body, {"pdf": "report", "json": "report_json", "html": "embedding_view"}
         return dg.MaterializeResult(
             metadata={
                 "tag": commit.tag,
-                **{name: dg.MetadataValue.path(store.storage.display(key)) for name, key in written.items()},
+                **{names[n]: dg.MetadataValue.path(store.storage.display(written[n])) for n in names},
                 "datapool_in": body["datapool"]["size_before"],
                 "datapool_out": body["datapool"]["size_after"],
+                "samples_added": body["datapool"]["samples_added"],
+                "coverage_max_ours": body["coverage"]["ours"]["max"],
+                "coverage_max_random": body["coverage"]["random"]["max"],
+                "summary": dg.MetadataValue.md(headline_markdown(body)),
             }
         )
 
