@@ -12,6 +12,7 @@ from dagster._core.storage.tags import (
 from datapool_pipeline.errors import ConfigError
 
 DATASET_TAG = "datapool/dataset"
+BACKFILL_TAG = "dagster/backfill"
 
 
 def partition_range_tags(start: str, end: str) -> dict[str, str]:
@@ -29,7 +30,10 @@ def run_shard_keys(context: dg.AssetExecutionContext, partitions_def_name: str) 
             raise ConfigError(f"shard range {start}..{end} is not registered in {partitions_def_name}")
         i, j = keys.index(start), keys.index(end)
         return keys[min(i, j) : max(i, j) + 1]
+    if BACKFILL_TAG in tags and keys:
+        # An asset backfill runs the unpartitioned raw_files on its own: it covers every registered shard.
+        return keys
     raise ConfigError(
-        "this run targets no shards: launch it with `datapool run`, a sensor, or select shard "
+        "this run targets no shards: launch it with `datapool run`, a sensor, a backfill, or select shard "
         "partitions in the launchpad"
     )
