@@ -69,9 +69,14 @@ def service_client() -> Any:
 
 class AzureBlobStorage(ObjectStore):
     scheme = "az://"
+    client_env = (CONNECTION_STRING_ENV, ACCOUNT_URL_ENV, ACCOUNT_ENV, SAS_ENV, KEY_ENV, "AZURE_CLIENT_ID",
+                  "AZURE_TENANT_ID", "AZURE_CLIENT_SECRET", "AZURE_FEDERATED_TOKEN_FILE")
 
     def _make_client(self) -> Any:
-        return service_client().get_container_client(self.bucket)
+        return service_client()
+
+    def _bind(self, client: Any) -> Any:
+        return client.get_container_client(self.bucket)
 
     @contextlib.contextmanager
     def _call(self, action: str, key: str = "") -> Iterator[None]:

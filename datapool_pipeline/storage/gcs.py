@@ -42,6 +42,7 @@ def gcs_credentials() -> Any | None:
 
 class GCSStorage(ObjectStore):
     scheme = "gs://"
+    client_env = (SERVICE_ACCOUNT_JSON_ENV, PROJECT_ENV, EMULATOR_ENV, "GOOGLE_APPLICATION_CREDENTIALS")
 
     def _make_client(self) -> Any:
         from google.auth.credentials import AnonymousCredentials

@@ -7,6 +7,7 @@ import abc
 import contextlib
 import os
 import tempfile
+import threading
 from collections.abc import Iterator
 from functools import cached_property
 from typing import Any
@@ -19,6 +20,8 @@ from datapool_pipeline.storage.secrets import redact
 MEDIA_MODE_ENV = "DATAPOOL_REMOTE_MEDIA"
 MEDIA_MODES = ("stream", "download")
 CHUNK = 8 * 1024 * 1024
+_CLIENTS: dict[tuple[str, ...], Any] = {}
+_CLIENTS_LOCK = threading.Lock()
 
 
 def split_uri(uri: str, scheme: str) -> tuple[str, str]:
@@ -67,12 +70,25 @@ class ObjectStore(Storage):
         return key if key and not key.endswith("/") else None
 
     # -- the SDK client, created on first use (definitions load without network or credentials) ----
+    client_env: tuple[str, ...] = ()
+    """Environment variables the client depends on: one shared (thread-safe) client per distinct set."""
+
     @cached_property
     def client(self) -> Any:
-        return self._make_client()
+        cache_key = (type(self).__name__, *(os.environ.get(v, "") for v in self.client_env))
+        with _CLIENTS_LOCK:
+            shared = _CLIENTS.get(cache_key)
+            if shared is None:
+                shared = _CLIENTS[cache_key] = self._make_client()
+        return self._bind(shared)
 
     @abc.abstractmethod
-    def _make_client(self) -> Any: ...
+    def _make_client(self) -> Any:
+        """A client for the account (creating one loads service models and credentials: slow)."""
+
+    def _bind(self, client: Any) -> Any:
+        """The client this datasource uses, derived from the shared account client."""
+        return client
 
     @abc.abstractmethod
     def read_range(self, key: str, start: int, end: int) -> Iterator[bytes]:

@@ -43,6 +43,9 @@ def _client_error_reason(exc: Any) -> str:
 
 class S3Storage(ObjectStore):
     scheme = "s3://"
+    client_env = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE", "AWS_REGION",
+                  "AWS_DEFAULT_REGION", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_CONFIG_FILE",
+                  "AWS_SHARED_CREDENTIALS_FILE", ROLE_ARN_ENV, EXTERNAL_ID_ENV, SESSION_NAME_ENV, ADDRESSING_ENV)
 
     def _make_client(self) -> Any:
         import boto3
