@@ -89,6 +89,8 @@ class DatasetSpec:
     bypass_verify: bool = False
     """Skip the run-start check that the input is readable and the output writable."""
     sensor: SensorSpec = field(default_factory=SensorSpec)
+    backfill_shards_per_run: int | None = None
+    """Shards per run of a frames/embeddings backfill; None: the whole backfill is one run."""
 
     @property
     def asset_prefix(self) -> str:
@@ -140,7 +142,7 @@ def _parse_dataset(name: str, body: Any, base_dir: Path, source: str) -> Dataset
     if not isinstance(body, dict):
         raise ConfigError(f"{where}: expected a mapping with type, input and output")
     allowed = {"type", "input", "output", "embedding", "video", "images_per_shard", "seed", "sensor",
-               "bypass_verify"}
+               "bypass_verify", "backfill_shards_per_run"}
     unknown = set(body) - allowed
     if unknown:
         raise ConfigError(f"{where}: unknown key(s) {sorted(unknown)}; allowed: {sorted(allowed)}")
@@ -166,6 +168,9 @@ def _parse_dataset(name: str, body: Any, base_dir: Path, source: str) -> Dataset
     if not isinstance(bypass_verify, bool):
         raise ConfigError(f"{where}.bypass_verify: must be true or false")
     sensor = _parse_sensor(body.get("sensor") or {}, f"{where}.sensor")
+    per_run = body.get("backfill_shards_per_run")
+    if per_run is not None:
+        per_run = _positive_int(body, "backfill_shards_per_run", 1, where)
     return DatasetSpec(
         name=name,
         type=dtype,
@@ -177,6 +182,7 @@ def _parse_dataset(name: str, body: Any, base_dir: Path, source: str) -> Dataset
         seed=seed,
         bypass_verify=bypass_verify,
         sensor=sensor,
+        backfill_shards_per_run=per_run,
     )
 
 

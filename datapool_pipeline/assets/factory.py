@@ -80,13 +80,16 @@ def build_dataset_assets(spec: DatasetSpec) -> DatasetAssets:
         )
         return PlannedRun(plan=plan, config=run_config.to_dict())
 
+    # One run per backfill unless datasets.yaml asks for batches (backfill_shards_per_run).
+    per_run = spec.backfill_shards_per_run
+    backfill_policy = dg.BackfillPolicy.multi_run(per_run) if per_run else dg.BackfillPolicy.single_run()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", dg.BetaWarning)
 
         @dg.asset(
             key=[prefix, "frames"],
             partitions_def=partitions,
-            backfill_policy=dg.BackfillPolicy.single_run(),
+            backfill_policy=backfill_policy,
             deps=[raw_files],
             description="Per shard: every raw file decoded once; frame manifest (index, timestamp, "
             "brightness) and per-file status. Bad files are skipped and listed, never fatal.",
@@ -109,7 +112,7 @@ def build_dataset_assets(spec: DatasetSpec) -> DatasetAssets:
         @dg.asset(
             key=[prefix, "embeddings"],
             partitions_def=partitions,
-            backfill_policy=dg.BackfillPolicy.single_run(),
+            backfill_policy=backfill_policy,
             deps=[frames],
             description=f"Per shard: L2-normalised open_clip {spec.embedding.model} embeddings of every "
             "frame/image, cached per model so they are never recomputed.",
