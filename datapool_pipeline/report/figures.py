@@ -70,6 +70,10 @@ def distances_figure(report: dict[str, Any]) -> go.Figure:
                 row=row, col=1,
             )  # fmt: skip
         fig.update_yaxes(title_text="samples", row=row, col=1)
+        if not comp["ours"]["count"] and not comp["random"]["count"]:
+            axis = "" if row == 1 else str(row)
+            fig.add_annotation(text="no values (e.g. the datapool was empty before this run)", showarrow=False,
+                               xref=f"x{axis} domain", yref=f"y{axis} domain", x=0.5, y=0.5, font={"size": 15})
     fig.update_xaxes(title_text="distance", row=3, col=1)
     fig.update_annotations(font_size=17)
     return _layout(fig, None, barmode="overlay", legend={"orientation": "h", "y": 1.08, "x": 0.0})

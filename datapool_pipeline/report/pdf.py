@@ -334,7 +334,8 @@ def render_pdf(
             "before the run (far is good: they add something new; empty when the datapool was empty). Bottom: "
             "distance from each selected sample to its nearest other selected sample (far is good: no "
             f"near-duplicates). Random baseline: {report['coverage']['selected']} samples drawn uniformly from "
-            f"the same {report['coverage']['candidates']} candidates (seed {report['coverage']['random_seed']}).",
+            f"the same {report['coverage']['candidates']} candidates (seed {report['coverage']['random_seed']}); "
+            "where the bars overlap they look brown.",
             s.caption,
         ),
         Spacer(1, 16),
