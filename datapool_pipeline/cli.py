@@ -149,7 +149,11 @@ def _run(spec: DatasetSpec, args: argparse.Namespace) -> int:
 
     datasets_path = str(datasets_file(args.datasets).resolve())
     os.environ[DATASETS_ENV] = datasets_path
+    from datapool_pipeline.recovery import fail_dead_runs, launcher_tags
+
     with dg.DagsterInstance.get() as instance:
+        for run_id in fail_dead_runs(instance, spec.name):
+            print(f"datapool: marked run {run_id} failed: its process died (its work is resumed now)", file=sys.stderr)
         prepared = prepare_run(spec, instance, run_config, log=lambda m: print(f"datapool: {m}", file=sys.stderr))
         print(
             f"datapool: {spec.name}: {prepared.files} raw file(s) to process in {len(prepared.shards)} shard(s)",
@@ -161,8 +165,9 @@ def _run(spec: DatasetSpec, args: argparse.Namespace) -> int:
         dagster_config = op_run_config(f"{spec.asset_prefix}__raw_files", raw_config)
         dagster_config["loggers"] = {"console": {"config": {"log_level": "INFO"}}}
         logging.getLogger("dagster").setLevel(logging.INFO)
+        tags = {**run_tags(spec, prepared), **launcher_tags()}
         with dg.execute_job(
-            job, instance=instance, run_config=dagster_config, tags=run_tags(spec, prepared), raise_on_error=False
+            job, instance=instance, run_config=dagster_config, tags=tags, raise_on_error=False
         ) as result:
             if not result.success:
                 raise RunAborted(_failure_reason(result) + f" (Dagster run {result.run_id})")

@@ -1,0 +1,91 @@
+"""Crash safety: SIGKILL between uploading selected frames and committing the tag."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+from datapool_pipeline.datapool import DatapoolStore
+from datapool_pipeline.storage import LocalStorage
+from datapool_pipeline.workflow.commit import FAULT_ENV
+from datapool_pipeline_tests.conftest import add_videos, write_datasets_yaml
+
+
+def run_cli(yaml_path: Path, *args: str, fault: str | None = None) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if k != FAULT_ENV}
+    if fault:
+        env[FAULT_ENV] = fault
+    return subprocess.run(
+        [sys.executable, "-m", "datapool_pipeline.cli", "--datasets", str(yaml_path), *args],
+        env=env, capture_output=True, text=True, timeout=600,
+    )
+
+
+def frame_files(output: Path) -> set[str]:
+    return {p.relative_to(output).as_posix() for p in (output / "frames").rglob("*.png")}
+
+
+def test_crash_after_upload_then_new_run(tmp_path: Path, dagster_home: Path) -> None:
+    input_dir = tmp_path / "in"
+    add_videos(input_dir, ["a.mov", "b.mov", "c.mov"])
+    crashed_out, clean_out = tmp_path / "crashed", tmp_path / "clean"
+    crashed = write_datasets_yaml(tmp_path / "crashed.yaml", "vids", "VIDEOS", str(input_dir), str(crashed_out))
+    clean = write_datasets_yaml(tmp_path / "clean.yaml", "vids", "VIDEOS", str(input_dir), str(clean_out))
+
+    killed = run_cli(crashed, "run", "vids", "--n-samples", "100", fault="after_upload")
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    store = DatapoolStore(LocalStorage(crashed_out))
+    assert store.load_state().size == 0  # nothing committed ...
+    assert len(frame_files(crashed_out)) == 100  # ... although every selected frame was uploaded
+
+    again = run_cli(crashed, "run", "vids", "--n-samples", "100")
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "already uploaded" in again.stderr
+    reference = run_cli(clean, "run", "vids", "--n-samples", "100")
+    assert reference.returncode == 0, reference.stderr[-2000:]
+
+    state = store.load_state()
+    clean_state = DatapoolStore(LocalStorage(clean_out)).load_state()
+    assert state.size == clean_state.size == 100
+    assert set(state.samples["sample_id"]) == set(clean_state.samples["sample_id"])
+    assert frame_files(crashed_out) == set(state.samples["sample_id"])
+    assert store.staging_ids() == []
+
+
+def test_orphaned_uploads_are_adopted_by_the_next_tag(tmp_path: Path, dagster_home: Path) -> None:
+    input_dir, output = tmp_path / "in", tmp_path / "out"
+    add_videos(input_dir, ["a.mov", "b.mov"], seconds=4)
+    yaml_path = write_datasets_yaml(tmp_path / "d.yaml", "vids", "VIDEOS", str(input_dir), str(output))
+    killed = run_cli(yaml_path, "run", "vids", "--n-samples", "30", fault="after_upload")
+    assert killed.returncode == -signal.SIGKILL
+    orphans = frame_files(output)
+    assert len(orphans) == 30
+
+    add_videos(input_dir, ["c.mov", "d.mov"], first_source=2, seconds=4)
+    resumed = run_cli(yaml_path, "run", "vids", "--n-samples", "40")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    store = DatapoolStore(LocalStorage(output))
+    state = store.load_state()
+    ids = state.samples["sample_id"].to_list()
+    assert state.size == 40 and len(set(ids)) == 40
+    assert orphans <= set(ids)  # adopted, counted towards n_samples
+    assert state.commits[-1].adopted == 30
+    assert frame_files(output) == set(ids)  # nothing orphaned, nothing written twice
+    assert store.staging_ids() == []
+
+
+def test_crash_after_commit_is_complete(tmp_path: Path, dagster_home: Path) -> None:
+    input_dir, output = tmp_path / "in", tmp_path / "out"
+    add_videos(input_dir, ["a.mov"], seconds=3)
+    yaml_path = write_datasets_yaml(tmp_path / "d.yaml", "vids", "VIDEOS", str(input_dir), str(output))
+    killed = run_cli(yaml_path, "run", "vids", "--n-samples", "10", fault="after_commit")
+    assert killed.returncode == -signal.SIGKILL
+    store = DatapoolStore(LocalStorage(output))
+    assert store.load_state().size == 10  # the manifest is the commit point
+    again = run_cli(yaml_path, "run", "vids", "--use-datapool", "--n-samples", "10")
+    assert again.returncode == 1 and "no new raw files" in again.stderr
+    assert store.load_state().size == 10
+    assert frame_files(output) == set(store.load_state().samples["sample_id"])
