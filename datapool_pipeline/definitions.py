@@ -2,12 +2,39 @@
 
 from __future__ import annotations
 
+import os
+from typing import Any
+
 import dagster as dg
 
 from datapool_pipeline.assets import DatasetAssets, build_dataset_assets
 from datapool_pipeline.assets.checks import build_datapool_checks
 from datapool_pipeline.datasets import DatasetSpec, load_datasets
+from datapool_pipeline.errors import ConfigError
 from datapool_pipeline.sensors import build_sensor
+
+EXECUTOR_ENV = "DATAPOOL_EXECUTOR"
+EXECUTORS = ("multiprocess", "in_process", "k8s")
+
+
+def backfill_executor() -> Any:
+    """Executor of asset backfills and UI materializations (the datapool jobs run in-process).
+
+    multiprocess (default): the steps of a backfill run in parallel processes on this machine;
+    k8s: every step in its own Kubernetes pod (dagster-k8s, see deploy/k8s); in_process: one process.
+    """
+    choice = os.environ.get(EXECUTOR_ENV, "multiprocess")
+    if choice == "multiprocess":
+        return dg.multiprocess_executor
+    if choice == "in_process":
+        return dg.in_process_executor
+    if choice == "k8s":
+        try:
+            from dagster_k8s import k8s_job_executor
+        except ImportError:
+            raise ConfigError(f"{EXECUTOR_ENV}=k8s needs dagster-k8s: pip install dagster-k8s") from None
+        return k8s_job_executor
+    raise ConfigError(f"{EXECUTOR_ENV} must be one of {', '.join(EXECUTORS)}, got {choice!r}")
 
 
 def build_all(specs: dict[str, DatasetSpec]) -> dict[str, DatasetAssets]:
@@ -21,6 +48,7 @@ def build_definitions(datasets_path: str | None = None) -> dg.Definitions:
         asset_checks=[c for b in built.values() for c in build_datapool_checks(b.spec)],
         jobs=[b.job for b in built.values()],
         sensors=[build_sensor(b) for b in built.values()],
+        executor=backfill_executor(),
     )
 
 
