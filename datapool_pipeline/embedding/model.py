@@ -101,7 +101,9 @@ class EmbeddingModel:
             yield self.embed(batch)
 
 
-def prefetch_batches(frames: Iterable[np.ndarray], batch_size: int, depth: int = _PREFETCH_BATCHES) -> Iterator[np.ndarray]:
+def prefetch_batches(
+    frames: Iterable[np.ndarray], batch_size: int, depth: int = _PREFETCH_BATCHES
+) -> Iterator[np.ndarray]:
     """Stacked batches of `frames`, produced by a background thread up to `depth` batches ahead.
 
     Exceptions from the source are re-raised in the consumer; if the consumer stops early the

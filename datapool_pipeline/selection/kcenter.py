@@ -15,6 +15,10 @@ import numpy as np
 # Exact seeding while candidates x pool stays below this many dot products; hnswlib above.
 EXACT_SEEDING_MAX_PAIRS = 2_000_000_000
 _BLOCK_BYTES = 64 * 1024 * 1024
+# Rows per lazily updated block of the greedy loop: small enough to skip most of the candidates per
+# pick, large enough that each update is an efficient matrix product.
+_BLOCK_ROWS = 4096
+_VERIFY_BATCH = 64
 
 
 @dataclass
@@ -81,38 +85,131 @@ def greedy_k_center(
     pool_sq_distances: np.ndarray | None = None,
     preselected: Sequence[int] = (),
     seed: int = 0,
+    block_rows: int = _BLOCK_ROWS,
+    exact_max_pairs: int = EXACT_SEEDING_MAX_PAIRS,
 ) -> KCenterResult:
     """Pick k candidates, each the farthest from the datapool and the earlier picks.
 
     With an empty pool and nothing preselected, the first pick is drawn with `seed`. Ties go to
     the lowest candidate index. `preselected` picks (e.g. adopted uploads) count towards k.
+
+    Same picks as the plain loop (update every candidate after every pick), computed lazily:
+    candidates live in row blocks that remember how many picks they have seen; a block is brought
+    up to date (one matrix product against all its pending picks) only when its largest remaining
+    distance, an upper bound, is the largest of all blocks. The argmax of an up-to-date block whose
+    maximum tops every other block's upper bound is the exact greedy pick.
+
+    Given `pool` (not `pool_sq_distances`) and more than `exact_max_pairs` candidate x pool pairs,
+    the pool distances start as hnswlib upper bounds and are made exact only for the candidates that
+    reach the top; the picks stay exact and `pool_distances` is exact for the picks (an upper bound
+    for the others).
     """
     candidates = _as_unit_float32(candidates)
     n = len(candidates)
     k = min(k, n)
+    verify_pool = None
     if pool_sq_distances is None:
         empty = np.empty((0, candidates.shape[1] if candidates.ndim == 2 else 0), np.float32)
-        pool_sq_distances = nearest_pool_distance(candidates, pool if pool is not None else empty)
-    d2 = pool_sq_distances.astype(np.float32, copy=True)
-    picks: list[int] = []
-    pick_d2: list[float] = []
-    picked = np.zeros(n, dtype=bool)
-
-    def take(i: int) -> None:
-        pick_d2.append(float(d2[i]))
-        picks.append(i)
-        picked[i] = True
-        np.minimum(d2, 2.0 - 2.0 * (candidates @ candidates[i]), out=d2)
-        d2[picked] = -np.inf
-
+        pool = _as_unit_float32(pool) if pool is not None else empty
+        if len(pool) and n * len(pool) > exact_max_pairs:
+            # hnswlib gives upper bounds (a real pool sample, maybe not the nearest); each candidate
+            # that reaches the top gets its exact distance before it can be picked: exact picks.
+            pool_sq_distances = hnsw_nearest_sq_distance(candidates, pool)
+            verify_pool = pool
+        else:
+            pool_sq_distances = nearest_pool_distance(candidates, pool, exact_max_pairs=exact_max_pairs)
+    state = _LazyDistances(candidates, pool_sq_distances, k, block_rows, verify_pool)
     for i in preselected[:k]:
-        if not picked[i]:
-            take(int(i))
-    if k > 0 and not picks and not np.isfinite(d2).any():
-        take(int(np.random.default_rng(seed).integers(n)))
-    while len(picks) < k:
-        take(int(np.argmax(d2)))
-    pool_d = np.sqrt(np.maximum(pool_sq_distances, 0.0))
+        if not state.picked[int(i)]:
+            state.take(int(i))
+    if k > 0 and not state.picks and not np.isfinite(state.d2).any():
+        state.take(int(np.random.default_rng(seed).integers(n)))
+    while len(state.picks) < k:
+        state.take(state.argmax())
+    pool_d = np.sqrt(np.maximum(state.pool_sq, 0.0))
     return KCenterResult(
-        picks=picks, pick_distances=np.sqrt(np.maximum(np.array(pick_d2, np.float64), 0.0)), pool_distances=pool_d
+        picks=state.picks,
+        pick_distances=np.sqrt(np.maximum(np.array(state.pick_d2, np.float64), 0.0)),
+        pool_distances=pool_d,
     )
+
+
+class _LazyDistances:
+    """Squared distances to the nearest datapool-or-picked sample, updated block by block on demand."""
+
+    def __init__(
+        self, candidates: np.ndarray, pool_sq: np.ndarray, k: int, block_rows: int, verify_pool: np.ndarray | None
+    ) -> None:
+        self.x = candidates
+        n = len(candidates)
+        self.d2 = np.asarray(pool_sq, dtype=np.float32).copy()
+        self.pool_sq = np.asarray(pool_sq, dtype=np.float32).copy()
+        self.pool = verify_pool
+        self.pool_exact = np.full(n, verify_pool is None, dtype=bool)
+        self.picked = np.zeros(n, dtype=bool)
+        self.picks: list[int] = []
+        self.pick_d2: list[float] = []
+        self.pick_vectors = np.empty((max(k, 1), candidates.shape[1] if candidates.ndim == 2 else 0), np.float32)
+        self.rows = max(1, block_rows)
+        self.starts = np.arange(0, n, self.rows)
+        self.seen = np.zeros(len(self.starts), dtype=np.int64)  # picks applied to each block
+        self.block_max = np.array([self._max(b) for b in range(len(self.starts))], dtype=np.float32)
+
+    def _span(self, b: int) -> slice:
+        return slice(int(self.starts[b]), int(self.starts[b]) + self.rows)
+
+    def _max(self, b: int) -> float:
+        block = self.d2[self._span(b)]
+        return float(block.max()) if len(block) else -np.inf
+
+    def _refresh(self, b: int) -> None:
+        done, total = int(self.seen[b]), len(self.picks)
+        if done < total:
+            span = self._span(b)
+            sims = self.x[span] @ self.pick_vectors[done:total].T
+            nearest = 2.0 - 2.0 * sims.max(axis=1)
+            np.minimum(self.d2[span], nearest, out=self.d2[span])
+            self.seen[b] = total
+        self.block_max[b] = self._max(b)
+
+    def _verify(self, rows: np.ndarray) -> None:
+        """Exact pool distances for these candidates (only those not yet exact)."""
+        rows = rows[~self.pool_exact[rows]]
+        if len(rows) == 0 or self.pool is None:
+            return
+        exact = exact_nearest_sq_distance(self.x[rows], self.pool)
+        self.pool_sq[rows] = exact
+        self.pool_exact[rows] = True
+        self.d2[rows] = np.minimum(self.d2[rows], exact)
+
+    def _to_date(self, i: int) -> float:
+        """Candidate i's exact current distance (its block brought up to date)."""
+        b = i // self.rows
+        self._refresh(b)
+        if not self.pool_exact[i]:
+            self._verify(np.array([i]))
+            self.block_max[b] = self._max(b)
+        return float(self.d2[i])
+
+    def take(self, i: int) -> None:
+        self.pick_d2.append(self._to_date(i))
+        self.pick_vectors[len(self.picks)] = self.x[i]
+        self.picks.append(i)
+        self.picked[i] = True
+        self.d2[i] = -np.inf
+        self.block_max[i // self.rows] = self._max(i // self.rows)
+
+    def argmax(self) -> int:
+        while True:
+            b = int(np.argmax(self.block_max))  # lowest block on ties, so lowest index wins
+            if self.seen[b] == len(self.picks):
+                i = int(self.starts[b]) + int(np.argmax(self.d2[self._span(b)]))
+                if self.pool_exact[i]:
+                    return i
+                # Verify the block's top candidates in one matrix product, then look again.
+                block = self.d2[self._span(b)]
+                top = np.argpartition(-block, min(_VERIFY_BATCH, len(block)) - 1)[:_VERIFY_BATCH]
+                self._verify(int(self.starts[b]) + top[np.isfinite(block[top])])
+                self.block_max[b] = self._max(b)
+                continue
+            self._refresh(b)
