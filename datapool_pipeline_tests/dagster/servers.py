@@ -1,0 +1,82 @@
+"""Real `dagster-webserver` and `dagster-daemon` processes on 127.0.0.1 for end-to-end tests."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class DagsterServers:
+    port: int
+    home: Path
+    logs: Path
+
+    def log_text(self) -> str:
+        return "\n".join(p.read_text(errors="replace") for p in sorted(self.logs.glob("*.log")))
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    """Stop a process group we started: SIGTERM, then SIGKILL after a grace period."""
+    if proc.poll() is not None:
+        return
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+
+
+@contextmanager
+def dagster_servers(workdir: Path, datasets: Path, home: Path) -> Iterator[DagsterServers]:
+    """Webserver + daemon over the repository's workspace.yaml; both stopped on exit, also on failure."""
+    port = free_port()
+    logs = workdir / "server-logs"
+    logs.mkdir(exist_ok=True)
+    env = {**os.environ, "DAGSTER_HOME": str(home), "DATAPOOL_DATASETS": str(datasets)}
+    workspace = str(REPO / "workspace.yaml")
+    commands = {
+        "webserver": [str(BIN / "dagster-webserver"), "-h", "127.0.0.1", "-p", str(port), "-w", workspace],
+        "daemon": [str(BIN / "dagster-daemon"), "run", "-w", workspace],
+    }
+    procs: list[subprocess.Popen] = []
+    try:
+        for name, cmd in commands.items():
+            with open(logs / f"{name}.log", "wb") as out:
+                procs.append(
+                    subprocess.Popen(cmd, cwd=workdir, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                     start_new_session=True)
+                )
+        servers = DagsterServers(port=port, home=home, logs=logs)
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/server_info", timeout=2):
+                    break
+            except OSError:
+                if time.monotonic() > deadline or any(p.poll() is not None for p in procs):
+                    raise RuntimeError("dagster-webserver did not start:\n" + servers.log_text()[-3000:]) from None
+                time.sleep(0.5)
+        yield servers
+    finally:
+        for proc in procs:
+            _stop(proc)
