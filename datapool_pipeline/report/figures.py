@@ -1,14 +1,7 @@
-"""Plotly figures of a report, drawn from report.json (and the 2D points table), and their PNG export.
-
-PNG export goes through kaleido, which drives a headless Chromium. `DATAPOOL_CHROMIUM` names the
-browser executable; unset, kaleido looks for chrome/chromium on PATH.
-"""
+"""Plotly figures of a report, drawn from report.json (and the 2D points table)."""
 
 from __future__ import annotations
 
-import asyncio
-import concurrent.futures
-import os
 from typing import Any
 
 import numpy as np
@@ -16,7 +9,6 @@ import plotly.graph_objects as go
 import polars as pl
 from plotly.subplots import make_subplots
 
-BROWSER_ENV = "DATAPOOL_CHROMIUM"
 OURS, RANDOM = "#1f6fd1", "#f28e2b"
 PREVIOUS, THIS_RUN, CANDIDATE = "#8c8c8c", "#1f6fd1", "#5b9ee8"
 # Static (PDF) view: at most this many points per group, a seeded subsample (the HTML shows all).
@@ -30,10 +22,6 @@ GROUPS = [
     ("candidate", "new, not selected", CANDIDATE, 0.5, 5, "circle-open"),
     ("this_run", "selected in this run", THIS_RUN, 0.95, 6, "circle"),
 ]
-
-
-class FiguresUnavailable(RuntimeError):
-    """No browser for kaleido (or it failed): the report is written without figures."""
 
 
 def _layout(fig: go.Figure, title: str | None, **kw: Any) -> go.Figure:
@@ -131,39 +119,3 @@ def timeline_figure(report: dict[str, Any]) -> go.Figure | None:
     fig.update_xaxes(title_text="time in video (s)")
     fig.update_yaxes(autorange="reversed")
     return _layout(fig, None, height=max(260, 120 + 40 * len(videos)))
-
-
-def browser_path() -> str | None:
-    """The browser kaleido should use: $DATAPOOL_CHROMIUM if set, else None (kaleido searches PATH)."""
-    return os.environ.get(BROWSER_ENV) or None
-
-
-def render_pngs(
-    figures: dict[str, tuple[go.Figure, int, int]], *, browser: str | None = None, timeout: float = 120.0
-) -> dict[str, bytes]:
-    """PNG of every figure (name -> (figure, width px, height px)) in one Chromium session."""
-    import kaleido
-
-    path = browser or browser_path()
-    if path is not None and not os.path.exists(path):
-        raise FiguresUnavailable(f"no browser at {BROWSER_ENV}={path}")
-
-    async def run() -> dict[str, bytes]:
-        out: dict[str, bytes] = {}
-        options: dict[str, Any] = {"n": 1, "timeout": timeout, "mathjax": False}
-        if path:
-            options["path"] = path
-        async with kaleido.Kaleido(**options) as k:
-            for name, (fig, width, height) in figures.items():
-                out[name] = await k.calc_fig(fig, opts={"format": "png", "width": width, "height": height,
-                                                        "scale": 2})
-        return out
-
-    try:
-        with concurrent.futures.ThreadPoolExecutor(1) as pool:  # own event loop, even inside a running one
-            return pool.submit(asyncio.run, run()).result()
-    except FiguresUnavailable:
-        raise
-    except Exception as exc:  # noqa: BLE001 - any browser failure degrades to a PDF without figures
-        reason = str(exc).split(". ")[0] or type(exc).__name__
-        raise FiguresUnavailable(f"kaleido could not render with Chromium ({reason})") from exc

@@ -32,14 +32,8 @@ from reportlab.platypus import (
     TableStyle,
 )
 
-from datapool_pipeline.report.figures import (
-    BROWSER_ENV,
-    FiguresUnavailable,
-    distances_figure,
-    embedding_figure,
-    render_pngs,
-    timeline_figure,
-)
+from datapool_pipeline.report.figures import distances_figure, embedding_figure, timeline_figure
+from datapool_pipeline.report.render import BROWSER_ENV, FiguresUnavailable, render_pngs
 from datapool_pipeline.workflow.progress import Log, no_log
 
 ReadImage = Callable[[dict[str, Any]], "bytes | None"]

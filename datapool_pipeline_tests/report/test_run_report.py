@@ -24,7 +24,7 @@ import pytest
 from PIL import Image
 
 from datapool_pipeline.datapool import DatapoolStore
-from datapool_pipeline.report.figures import BROWSER_ENV
+from datapool_pipeline.report.render import BROWSER_ENV
 from datapool_pipeline.storage import LocalStorage
 from datapool_pipeline_tests.conftest import CliResult, add_videos, write_datasets_yaml
 
