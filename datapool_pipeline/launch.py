@@ -7,6 +7,7 @@ import hashlib
 import itertools
 import json
 from dataclasses import dataclass, field
+from typing import Any
 
 import dagster as dg
 import polars as pl
@@ -18,6 +19,7 @@ from datapool_pipeline.datasets import DatasetSpec
 from datapool_pipeline.errors import RunAborted
 from datapool_pipeline.media.kinds import media_kind
 from datapool_pipeline.storage import Storage, open_storage
+from datapool_pipeline.storage.local import LocalStorage
 from datapool_pipeline.storage.verify import verify_access
 from datapool_pipeline.workflow.discovery import (
     assign_shards,
@@ -144,8 +146,10 @@ def list_slice(storage: Storage, after: str, limit: int) -> tuple[pl.DataFrame, 
     sizes: list[int] = []
     listing = storage.list()
     last: str | None = None
+    order = _walk_order if isinstance(storage, LocalStorage) else _key_order
+    after_key = order(after) if after else None
     for info in listing:
-        if after and info.key <= after:
+        if after_key is not None and order(info.key) <= after_key:
             continue
         keys.append(info.key)
         versions.append(info.version)
@@ -161,6 +165,17 @@ def list_slice(storage: Storage, after: str, limit: int) -> tuple[pl.DataFrame, 
         schema=tables.FILE_COLUMNS,
     )
     return df, last
+
+
+def _key_order(key: str) -> Any:
+    """Object stores list in lexicographic (UTF-8 byte = code point) order of the key."""
+    return key
+
+
+def _walk_order(key: str) -> Any:
+    """A local folder lists a directory's files before its sub-directories, each sorted by name."""
+    *dirs, name = key.split("/")
+    return (*((1, d) for d in dirs), (0, name))
 
 
 def scan_new_files(

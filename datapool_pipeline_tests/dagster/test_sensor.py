@@ -136,3 +136,18 @@ def test_sensor_settings_are_validated(tmp_path: Path) -> None:
     path.write_text(text.replace("enabled: true", "enabled: true\n      files_per_run: 0"))
     with pytest.raises(ConfigError, match="sensor.files_per_run: must be a positive integer"):
         load_datasets(path)
+
+
+def test_cursor_follows_the_listing_order_of_nested_folders(tmp_path: Path, instance: dg.DagsterInstance) -> None:
+    """A local folder lists z.mp4 before sub/a.mp4: the cursor must not skip the latter."""
+    path, input_dir, _ = _sensor_yaml(tmp_path, max_objects_per_tick=1)
+    (input_dir / "sub").mkdir()
+    add_videos(input_dir, ["z.mp4"], seconds=1)
+    add_videos(input_dir / "sub", ["a.mp4"], seconds=1)
+    seen: list[str] = []
+    cursor = None
+    for _ in range(3):
+        result = _tick(path, instance, cursor)
+        seen += [k.split("-")[1] for k in _apply(instance, result)]
+        cursor = result.cursor
+    assert seen == ["z", "sub"]
