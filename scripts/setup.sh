@@ -25,6 +25,8 @@ apt_install ffmpeg
 if [ "$MODE" = "test" ]; then
   # chromium: kaleido figures in report.pdf and the headless check of the HTML view; poppler: pdftoppm.
   apt_install chromium poppler-utils
+  # nodejs + npm: Azurite (Azure Blob emulator, package.json) for the object-store tests.
+  command -v npm >/dev/null || apt_install nodejs npm
 fi
 
 if [ ! -x .venv/bin/python ]; then
