@@ -10,6 +10,7 @@ from typing import Any
 
 import dagster as dg
 import pytest
+from dagster._core.execution.backfill import BulkActionStatus
 from dagster_graphql import DagsterGraphQLClient
 
 from datapool_pipeline.assets.run_config import op_run_config
@@ -116,10 +117,10 @@ def test_graphql_run_sensor_run_and_process_all_backfill(
         backfill_id = response["launchPartitionBackfill"]["backfillId"]
         backfill = wait_for(
             "the backfill",
-            lambda: (b := instance.get_backfill(backfill_id)) and b.status != dg.BulkActionStatus.REQUESTED and b,
+            lambda: (b := instance.get_backfill(backfill_id)) and b.status != BulkActionStatus.REQUESTED and b,
             timeout=420,
         )
-        assert backfill.status == dg.BulkActionStatus.COMPLETED_SUCCESS, servers.log_text()[-3000:]
+        assert backfill.status == BulkActionStatus.COMPLETED_SUCCESS, servers.log_text()[-3000:]
         backfill_runs = instance.get_runs(dg.RunsFilter(tags={"dagster/backfill": backfill_id}))
         # 3 shards, but frames + embeddings in ONE run (single-run backfill policy).
         partitioned = [r for r in backfill_runs if "dagster/asset_partition_range_start" in r.tags]
