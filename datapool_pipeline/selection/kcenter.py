@@ -53,7 +53,8 @@ def exact_nearest_sq_distance(candidates: np.ndarray, pool: np.ndarray) -> np.nd
     """Blocked matrix products: memory stays at one block of similarities, never N x M."""
     n, m = len(candidates), len(pool)
     out = np.empty(n, dtype=np.float32)
-    rows = max(1, _BLOCK_BYTES // (4 * m))
+    # One block of similarities at a time: at most 64 MiB, and at most a quarter of the candidates' size.
+    rows = max(1, min(_BLOCK_BYTES, max(1 << 20, candidates.nbytes // 4)) // (4 * m))
     for start in range(0, n, rows):
         sims = candidates[start : start + rows] @ pool.T
         out[start : start + rows] = 2.0 - 2.0 * sims.max(axis=1)
@@ -209,7 +210,8 @@ class _LazyDistances:
                 # Verify the block's top candidates in one matrix product, then look again.
                 block = self.d2[self._span(b)]
                 top = np.argpartition(-block, min(_VERIFY_BATCH, len(block)) - 1)[:_VERIFY_BATCH]
-                self._verify(int(self.starts[b]) + top[np.isfinite(block[top])])
+                rows = int(self.starts[b]) + top[np.isfinite(block[top])]
+                self._verify(np.union1d(rows, [i]))  # i itself always, so every pass makes progress
                 self.block_max[b] = self._max(b)
                 continue
             self._refresh(b)
