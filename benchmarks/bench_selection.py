@@ -1,0 +1,126 @@
+"""Selection at scale: textbook exact greedy k-center vs the production selector, side by side.
+
+Baseline: one pairwise-distance call per pick, the pool's distances as one full N x M matrix (when it
+does not fit in memory it is computed in row blocks: same work, and the JSON says so).
+Ours: datapool_pipeline.selection.greedy_k_center, on the exact path (exact seeding) and on the
+production path (hnswlib upper bounds, verified exactly for candidates that reach the top).
+
+    python benchmarks/bench_selection.py --quick        # N = M = 20k, k = 200, scaling 1e4 / 3e4
+    python benchmarks/bench_selection.py                # N = M = 1e5, k = 1000, scaling 1e4 / 1e5 / 1e6
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks._common import max_rss_bytes, timed, traced, write_result  # noqa: E402
+from datapool_pipeline.selection.kcenter import (  # noqa: E402
+    exact_nearest_sq_distance,
+    greedy_k_center,
+    hnsw_nearest_sq_distance,
+)
+
+NO_LIMIT = 1 << 62
+
+
+def embeddings(rng: np.random.Generator, n: int, d: int, centers: np.ndarray) -> np.ndarray:
+    """Clustered unit vectors, like frame embeddings (scenes = clusters, frames = small variations)."""
+    x = centers[rng.integers(len(centers), size=n)] + rng.normal(scale=0.6 / np.sqrt(d), size=(n, d)).astype(
+        np.float32
+    )
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    return x.astype(np.float32)
+
+
+def pairwise_sq(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Squared Euclidean distances as usually written (the sklearn-style norm expansion)."""
+    return (a * a).sum(1)[:, None] + (b * b).sum(1)[None, :] - 2.0 * (a @ b.T)
+
+
+def baseline_greedy(c: np.ndarray, pool: np.ndarray, k: int, full_matrix: bool) -> list[int]:
+    if full_matrix:
+        d = pairwise_sq(c, pool).min(axis=1)
+    else:
+        rows = max(1, (256 << 20) // (4 * len(pool)))
+        d = np.concatenate([pairwise_sq(c[s : s + rows], pool).min(axis=1) for s in range(0, len(c), rows)])
+    picks: list[int] = []
+    for _ in range(k):
+        masked = d.copy()
+        masked[picks] = -np.inf
+        i = int(np.argmax(masked))
+        picks.append(i)
+        d = np.minimum(d, pairwise_sq(c, c[[i]])[:, 0])
+    return picks
+
+
+def compare(n: int, m: int, k: int, d: int, seed: int = 0) -> dict[str, object]:
+    rng = np.random.default_rng(seed)
+    centers = rng.normal(size=(max(100, n // 50), d)).astype(np.float32)
+    centers /= np.linalg.norm(centers, axis=1, keepdims=True)
+    cands, pool = embeddings(rng, n, d, centers), embeddings(rng, m, d, centers)
+    matrix_bytes = cands.nbytes
+    full_bytes = 4 * n * m
+    full = full_bytes <= 0.4 * os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    print(f"N={n} M={m} k={k} d={d}: baseline{'' if full else ' (N x M matrix too big: row blocks)'} ...", flush=True)
+    base_picks, base_s, base_peak = traced(lambda: baseline_greedy(cands, pool, k, full))
+    print(f"  baseline {base_s:.1f}s", flush=True)
+    exact, exact_s, exact_peak = traced(lambda: greedy_k_center(cands, k, pool=pool, exact_max_pairs=NO_LIMIT))
+    print(f"  ours exact {exact_s:.1f}s", flush=True)
+    prod, prod_s, prod_peak = traced(lambda: greedy_k_center(cands, k, pool=pool, exact_max_pairs=0))
+    print(f"  ours hnsw+verify {prod_s:.1f}s", flush=True)
+    exact_d2, exact_seed_s = timed(lambda: exact_nearest_sq_distance(cands, pool))
+    hnsw_d2, hnsw_seed_s = timed(lambda: hnsw_nearest_sq_distance(cands, pool))
+    return {
+        "n": n, "m": m, "k": k, "d": d,
+        "candidate_matrix_bytes": matrix_bytes,
+        "baseline": {"seconds": base_s, "peak_bytes": base_peak, "full_matrix": full,
+                     "full_matrix_bytes": full_bytes},
+        "ours_exact": {"seconds": exact_s, "peak_bytes": exact_peak,
+                       "peak_over_candidates": exact_peak / matrix_bytes,
+                       "identical_picks": exact.picks == base_picks},
+        "ours_hnsw_verified": {"seconds": prod_s, "peak_bytes": prod_peak,
+                               "peak_over_candidates": prod_peak / matrix_bytes,
+                               "identical_picks": prod.picks == base_picks},
+        "speedup_exact": base_s / exact_s,
+        "speedup_hnsw_verified": base_s / prod_s,
+        "seeding": {"exact_seconds": exact_seed_s, "hnsw_seconds": hnsw_seed_s,
+                    "hnsw_recall": float(np.mean(np.isclose(hnsw_d2, exact_d2, atol=1e-5))),
+                    "hnsw_never_nearer": bool(np.all(hnsw_d2 >= exact_d2 - 1e-5))},
+    }
+
+
+def scaling(n: int, k: int, d: int) -> dict[str, object]:
+    rng = np.random.default_rng(1)
+    centers = rng.normal(size=(max(100, n // 50), d)).astype(np.float32)
+    centers /= np.linalg.norm(centers, axis=1, keepdims=True)
+    cands, pool = embeddings(rng, n, d, centers), embeddings(rng, n, d, centers)
+    result, seconds, peak = traced(lambda: greedy_k_center(cands, k, pool=pool))
+    row = {"n": n, "m": n, "k": k, "seconds": seconds, "peak_bytes": peak,
+           "peak_over_candidates": peak / cands.nbytes, "picks": len(result.picks)}
+    print(f"  scaling N=M={n}: {seconds:.1f}s, peak {peak / 2**20:.0f} MiB", flush=True)
+    return row
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--no-scaling", action="store_true")
+    args = parser.parse_args()
+    n, k, sizes = (20_000, 200, [10_000, 30_000]) if args.quick else (100_000, 1000, [10_000, 100_000, 1_000_000])
+    main_row = compare(n, n, k, 512)
+    rows = [] if args.no_scaling else [scaling(s, k, 512) for s in sizes]
+    print(f"speedup exact {main_row['speedup_exact']:.1f}x, hnsw+verify {main_row['speedup_hnsw_verified']:.1f}x; "
+          f"identical picks {main_row['ours_exact']['identical_picks']} / "
+          f"{main_row['ours_hnsw_verified']['identical_picks']}; hnsw recall {main_row['seeding']['hnsw_recall']:.4f}")
+    write_result("selection", args.quick, {**main_row, "scaling": rows, "max_rss_bytes": max_rss_bytes()})
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,68 @@
+"""The fast CPU embedding path stays within cosine 0.99 of the unmodified fp32 model (real open_clip
+architecture, seeded random weights), and the prefetching stream keeps order and surfaces errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import open_clip
+import pytest
+import torch
+import torch.nn.functional as F
+
+from datapool_pipeline.datasets import EmbeddingSpec
+from datapool_pipeline.embedding import model as emb
+from datapool_pipeline.embedding.model import prefetch_batches
+from datapool_pipeline_tests.conftest import TEST_MODEL
+
+
+def reference(frames: np.ndarray) -> np.ndarray:
+    torch.manual_seed(0)
+    model = open_clip.create_model(TEST_MODEL, pretrained=None).eval()
+    cfg = open_clip.get_model_preprocess_cfg(model)
+    x = torch.from_numpy(frames).permute(0, 3, 1, 2).float() / 255.0
+    x = (x - torch.tensor(cfg["mean"]).view(1, 3, 1, 1)) / torch.tensor(cfg["std"]).view(1, 3, 1, 1)
+    with torch.inference_mode():
+        return F.normalize(model.encode_image(x), dim=-1).numpy()
+
+
+@pytest.fixture(scope="module")
+def frames() -> np.ndarray:
+    rng = np.random.default_rng(0)
+    base = rng.integers(0, 256, size=(4, 224, 224, 3), dtype=np.uint8)
+    noise = rng.integers(-20, 20, size=(8, 224, 224, 3))
+    return np.clip(base[np.arange(8) % 4].astype(int) + noise, 0, 255).astype(np.uint8)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "int8"])
+def test_cosine_to_fp32_reference(frames: np.ndarray, precision: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DATAPOOL_CPU_PRECISION", precision)
+    emb._load_cached.cache_clear()
+    try:
+        model = emb.load_model(EmbeddingSpec(model=TEST_MODEL, pretrained=None, batch_size=4, device="cpu"))
+        ours = np.concatenate(list(model.embed_stream(iter(frames))))
+    finally:
+        emb._load_cached.cache_clear()
+    assert model.precision == precision
+    assert ours.dtype == np.float32 and np.allclose(np.linalg.norm(ours, axis=1), 1.0, atol=1e-5)
+    cosine = np.sum(ours * reference(frames), axis=1)
+    assert cosine.min() >= (0.9999 if precision == "fp32" else 0.99)
+
+
+def test_prefetch_keeps_order_and_reraises() -> None:
+    items = [np.full((2, 2, 3), i, np.uint8) for i in range(10)]
+    batches = list(prefetch_batches(iter(items), 4))
+    assert [len(b) for b in batches] == [4, 4, 2]
+    assert [int(f[0, 0, 0]) for b in batches for f in b] == list(range(10))
+
+    def failing():  # noqa: ANN202
+        yield from items[:5]
+        raise RuntimeError("decoder died")
+
+    with pytest.raises(RuntimeError, match="decoder died"):
+        list(prefetch_batches(failing(), 4))
+
+
+def test_bad_precision_setting_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DATAPOOL_CPU_PRECISION", "fp8")
+    with pytest.raises(ValueError, match="DATAPOOL_CPU_PRECISION must be one of fp32, int8, bf16"):
+        emb.cpu_precision()
