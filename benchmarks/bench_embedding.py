@@ -119,6 +119,17 @@ def run_model(model_name: str, path: str, limit: int, precisions: list[str], wit
         row["baseline"] = {"seconds": base_s, "frames_per_s": len(base) / base_s}
         print(f"{model_name} baseline: {len(base) / base_s:.2f} frames/s", flush=True)
     for precision in precisions:
+        if with_baseline and precision != precisions[0]:
+            # Machines here are shared: measure the baseline again between ours and keep its best run,
+            # so that load changes during the benchmark never flatter our ratio.
+            _, again_s = timed(lambda: baseline(model_name, path, limit))
+            row["baseline"]["seconds_runs"] = [base_s, again_s]  # type: ignore[index]
+            base_s = min(base_s, again_s)
+            row["baseline"].update(seconds=base_s, frames_per_s=len(base) / base_s)  # type: ignore[union-attr]
+            print(f"{model_name} baseline again: {len(base) / again_s:.2f} frames/s", flush=True)
+            for earlier in precisions[: precisions.index(precision)]:
+                entry = row[f"ours_{earlier}"]
+                entry["speedup_vs_baseline"] = entry["frames_per_s"] / row["baseline"]["frames_per_s"]  # type: ignore[index]
         vectors, frames, seconds = ours(model_name, path, limit, precision)
         ref = fp32_reference(model_name, frames)
         entry = {"seconds": seconds, "frames_per_s": len(vectors) / seconds,
