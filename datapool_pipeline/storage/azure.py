@@ -37,7 +37,9 @@ def _account_name(url: str) -> str:
 def service_client() -> Any:
     from azure.storage.blob import BlobServiceClient
 
-    kwargs: dict[str, Any] = {"connection_timeout": 10, "read_timeout": 120}
+    # 4 MiB GETs (instead of a first 32 MiB one): ffmpeg gets the first bytes of a video sooner.
+    kwargs: dict[str, Any] = {"connection_timeout": 10, "read_timeout": 120,
+                              "max_single_get_size": 4 * 1024 * 1024, "max_chunk_get_size": 4 * 1024 * 1024}
     conn = os.environ.get(CONNECTION_STRING_ENV, "").strip()
     if conn:
         try:

@@ -20,6 +20,7 @@ from datapool_pipeline.storage.objectstore import ObjectStore
 ROLE_ARN_ENV = "DATAPOOL_S3_ROLE_ARN"
 EXTERNAL_ID_ENV = "DATAPOOL_S3_EXTERNAL_ID"
 SESSION_NAME_ENV = "DATAPOOL_S3_ROLE_SESSION_NAME"
+DURATION_ENV = "DATAPOOL_S3_ROLE_DURATION_SECONDS"
 ADDRESSING_ENV = "DATAPOOL_S3_ADDRESSING_STYLE"
 _NOT_FOUND = {"404", "NoSuchKey", "NotFound"}
 _BAD_CREDENTIALS = {"InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidClientTokenId", "InvalidToken",
@@ -45,7 +46,8 @@ class S3Storage(ObjectStore):
     scheme = "s3://"
     client_env = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE", "AWS_REGION",
                   "AWS_DEFAULT_REGION", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_CONFIG_FILE",
-                  "AWS_SHARED_CREDENTIALS_FILE", ROLE_ARN_ENV, EXTERNAL_ID_ENV, SESSION_NAME_ENV, ADDRESSING_ENV)
+                  "AWS_SHARED_CREDENTIALS_FILE", ROLE_ARN_ENV, EXTERNAL_ID_ENV, SESSION_NAME_ENV, DURATION_ENV,
+                  ADDRESSING_ENV)
 
     def _make_client(self) -> Any:
         import boto3
@@ -167,6 +169,11 @@ def _assume_role_credentials(core: Any, role_arn: str) -> Any:
     external_id = os.environ.get(EXTERNAL_ID_ENV, "").strip()
     if external_id:
         extra["ExternalId"] = external_id
+    duration = os.environ.get(DURATION_ENV, "").strip()
+    if duration:
+        if not duration.isdigit() or not 900 <= int(duration) <= 43200:
+            raise StorageError(f"{DURATION_ENV}: must be a number of seconds between 900 and 43200")
+        extra["DurationSeconds"] = int(duration)
     fetcher = AssumeRoleCredentialFetcher(
         client_creator=core.create_client, source_credentials=source, role_arn=role_arn, extra_args=extra
     )

@@ -105,8 +105,18 @@ def test_delegated_s3_access_with_external_id(
     storage.write_bytes("a/clip.bin", b"0123456789")
     assert [(i.key, i.size) for i in storage.list()] == [("a/clip.bin", 10)]
     verify_access("vendor", storage, open_storage(str(tmp_path / "out")))
-    credentials = storage.client._request_signer._credentials
-    assert credentials.method == "assume-role" and credentials.refresh_needed() is False
+
+    # Temporary credentials are renewed before they expire: with the shortest session STS allows (15 min,
+    # inside botocore's 15-minute advisory refresh window) every request assumes the role afresh.
+    monkeypatch.setenv("DATAPOOL_S3_ROLE_DURATION_SECONDS", "900")
+    short = open_storage(uri)
+    list(short.list())
+    credentials = short.client._request_signer._credentials
+    assert credentials.method == "assume-role"
+    first_key = credentials.get_frozen_credentials().access_key
+    list(short.list())
+    assert credentials.get_frozen_credentials().access_key != first_key
+    monkeypatch.delenv("DATAPOOL_S3_ROLE_DURATION_SECONDS")
 
     # The wrong external id: the run fails at once, naming the datasource and what to check.
     _delegated_env(monkeypatch, iam_s3, "not-the-external-id")
