@@ -3,7 +3,9 @@ through the GraphQL client, a run the sensor starts by itself, and a process_all
 
 from __future__ import annotations
 
+import json
 import time
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -43,6 +45,16 @@ def wait_for(what: str, check: Callable[[], Any], timeout: float = 300) -> Any:
             return value
         time.sleep(1)
     raise AssertionError(f"timed out waiting for {what}")
+
+
+def _graphql(port: int, query: str, variables: dict[str, Any]) -> dict[str, Any]:
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}/graphql",
+        data=json.dumps({"query": query, "variables": variables}).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=60) as response:
+        return json.loads(response.read())
 
 
 def _finished(instance: dg.DagsterInstance, run_id: str) -> dg.DagsterRun | None:
@@ -97,6 +109,13 @@ def test_graphql_run_sensor_run_and_process_all_backfill(
         tag_events = instance.fetch_materializations(dg.AssetKey(["videos_datapool", "tag"]), limit=10).records
         assert {e.asset_materialization.metadata["tag"].value for e in tag_events} == {c.tag for c in commits}
         assert all(c.config["worker_config"]["datasource"]["process_all"] is False for c in commits)
+        # The asset checks guarding the datapool ran after each commit and passed.
+        for run_id in (first, second):
+            checks = {
+                e.dagster_event.event_specific_data.check_name: e.dagster_event.event_specific_data.passed
+                for e in instance.all_logs(run_id, of_type=dg.DagsterEventType.ASSET_CHECK_EVALUATION)
+            }
+            assert checks == {"no_sample_twice": True, "tags_not_empty": True, "embeddings_unit_norm": True}
         # The sensor's run ingested only the new video.
         processed = {c.run_id: c for c in commits}
         assert processed[second].n_processed == 1
@@ -109,12 +128,10 @@ def test_graphql_run_sensor_run_and_process_all_backfill(
             {"worker_config": {"use_datapool": True, "datasource": {"process_all": True}},
              "selection_config": {"n_samples": 2}},
         )
-        response = client._execute(
-            BACKFILL_MUTATION,
-            {"params": {"assetSelection": keys, "allPartitions": True, "runConfigData": backfill_config,
-                        "tags": [{"key": "datapool/dataset", "value": "videos-datapool"}]}},
-        )
-        backfill_id = response["launchPartitionBackfill"]["backfillId"]
+        params = {"assetSelection": keys, "allPartitions": True, "runConfigData": backfill_config,
+                  "tags": [{"key": "datapool/dataset", "value": "videos-datapool"}]}
+        response = _graphql(servers.port, BACKFILL_MUTATION, {"params": params})
+        backfill_id = response["data"]["launchPartitionBackfill"]["backfillId"]
         backfill = wait_for(
             "the backfill",
             lambda: (b := instance.get_backfill(backfill_id)) and b.status != BulkActionStatus.REQUESTED and b,
