@@ -63,6 +63,7 @@ def _finished(instance: dg.DagsterInstance, run_id: str) -> dg.DagsterRun | None
 
 
 @pytest.mark.timeout(900)
+@pytest.mark.filterwarnings("ignore:Using variable_values:DeprecationWarning")  # inside dagster_graphql's client
 def test_graphql_run_sensor_run_and_process_all_backfill(
     tmp_path: Path, dagster_home: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
