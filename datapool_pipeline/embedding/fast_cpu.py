@@ -21,7 +21,8 @@ CPU_PRECISIONS = ("fp32", "int8", "bf16")
 
 
 class FusedSelfAttention(nn.Module):
-    """Drop-in for a batch-first self-attention `nn.MultiheadAttention` (no masks, no weights out)."""
+    """Drop-in for `nn.MultiheadAttention`: self-attention runs fused (no attention weights returned);
+    cross-attention (query is not key) is delegated to the original module unchanged."""
 
     def __init__(self, mha: nn.MultiheadAttention) -> None:
         super().__init__()
@@ -29,18 +30,21 @@ class FusedSelfAttention(nn.Module):
         self.heads = mha.num_heads
         self.batch_first = mha.batch_first
         self.qkv = nn.Linear(d, 3 * d, bias=mha.in_proj_bias is not None)
-        self.qkv.weight = nn.Parameter(mha.in_proj_weight.detach().clone(), requires_grad=False)
+        self.qkv.weight = mha.in_proj_weight  # shared with `original`, not copied
         if mha.in_proj_bias is not None:
-            self.qkv.bias = nn.Parameter(mha.in_proj_bias.detach().clone(), requires_grad=False)
+            self.qkv.bias = mha.in_proj_bias
+        self.original = mha  # cross-attention (query is not key, e.g. attentional pooling) uses it as is
         self.out = nn.Linear(d, d, bias=mha.out_proj.bias is not None)
-        self.out.weight = nn.Parameter(mha.out_proj.weight.detach().clone(), requires_grad=False)
+        self.out.weight = mha.out_proj.weight
         if mha.out_proj.bias is not None:
-            self.out.bias = nn.Parameter(mha.out_proj.bias.detach().clone(), requires_grad=False)
+            self.out.bias = mha.out_proj.bias
 
     def forward(
         self, query: torch.Tensor, key: object = None, value: object = None, need_weights: bool = False,
         attn_mask: torch.Tensor | None = None,
-    ) -> tuple[torch.Tensor, None]:
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if (key is not None and key is not query) or (value is not None and value is not query):
+            return self.original(query, key, value, need_weights=need_weights, attn_mask=attn_mask)
         x = query if self.batch_first else query.transpose(0, 1)
         b, n, d = x.shape
         qkv = self.qkv(x).reshape(b, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 
 from datapool_pipeline.datasets import EmbeddingSpec
 from datapool_pipeline.embedding import model as emb
+from datapool_pipeline.embedding.fast_cpu import FusedSelfAttention
 from datapool_pipeline.embedding.model import prefetch_batches
 from datapool_pipeline_tests.conftest import TEST_MODEL
 
@@ -66,3 +67,16 @@ def test_bad_precision_setting_is_named(monkeypatch: pytest.MonkeyPatch) -> None
     monkeypatch.setenv("DATAPOOL_CPU_PRECISION", "fp8")
     with pytest.raises(ValueError, match="DATAPOOL_CPU_PRECISION must be one of fp32, int8, bf16"):
         emb.cpu_precision()
+
+
+@pytest.mark.parametrize("batch_first", [True, False])
+def test_fused_attention_equals_multihead_attention(batch_first: bool) -> None:
+    torch.manual_seed(0)
+    mha = torch.nn.MultiheadAttention(64, 4, batch_first=batch_first).eval()
+    fused = FusedSelfAttention(mha).eval()
+    x, q = torch.randn(2, 10, 64), torch.randn(2, 3, 64)
+    if not batch_first:
+        x, q = x.transpose(0, 1), q.transpose(0, 1)
+    with torch.inference_mode():
+        assert torch.allclose(fused(x, x, x)[0], mha(x, x, x, need_weights=False)[0], atol=1e-5)
+        assert torch.equal(fused(q, x, x)[0], mha(q, x, x, need_weights=False)[0])  # cross: delegated
