@@ -14,7 +14,6 @@ import polars as pl
 
 from datapool_pipeline.datapool import Commit, DatapoolState, DatapoolStore, tables
 from datapool_pipeline.datasets import DatasetSpec
-from datapool_pipeline.errors import DatapoolError
 
 ID_COLUMNS = ["sample_id", "raw_key", "raw_version", "frame_index", "timestamp_s"]
 
@@ -76,17 +75,26 @@ def collect_run_data(spec: DatasetSpec, store: DatapoolStore, commit: Commit) ->
 def _pool_embeddings(
     spec: DatasetSpec, store: DatapoolStore, before: DatapoolState, commit: Commit, dim: int, notes: list[str]
 ) -> np.ndarray:
+    """The datapool's embeddings in this commit's model space, row-aligned with `before.samples`."""
     if before.size == 0:
         return np.empty((0, dim), np.float32)
     if all(c.embedding_model == commit.embedding_model for c in before.commits):
         return tables.embeddings_matrix(before.samples, dim)
-    from datapool_pipeline.workflow.selection import pool_embeddings
-
-    try:
-        return pool_embeddings(spec, store, before, commit.embedding_model, dim)
-    except DatapoolError as exc:
-        notes.append(f"the datapool before this run has no embeddings in {commit.embedding_model}: {exc}")
+    # The model changed since some samples were committed: take them from the shard caches of this model.
+    keys = ["raw_key", "raw_version", "frame_index"]
+    pool = before.samples.select(keys)
+    shards = store.read_registry().join(pool.select(keys[:2]).unique(), on=keys[:2], how="semi")
+    parts = [store.read_shard_embeddings(sh, commit.embedding_model) for sh in shards["shard_id"].unique().to_list()]
+    found = [p.select([*keys, "embedding"]) for p in parts if p is not None]
+    matched = (
+        pool.join(pl.concat(found).unique(subset=keys), on=keys, how="inner", maintain_order="left")
+        if found else pool.clear()
+    )  # fmt: skip
+    if matched.height < pool.height:
+        notes.append(f"{pool.height - matched.height} datapool samples have no {commit.embedding_model} embedding "
+                     "(the model changed): the datapool is left out of the distances and the view")
         return np.empty((0, dim), np.float32)
+    return tables.embeddings_matrix(matched, dim)
 
 
 def _run_embeddings(
