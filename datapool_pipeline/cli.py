@@ -50,6 +50,11 @@ def _parser() -> argparse.ArgumentParser:
     amount.add_argument("--proportion-samples", type=float, help="fraction of the new samples to add")
     run.add_argument("--process-all", action="store_true", help="consider every raw file, not only new ones")
     run.add_argument("--use-datapool", action="store_true", help="grow the existing datapool")
+    resume = sub.add_parser(
+        "resume", help="re-execute a failed run from its failed step (e.g. after a crash) through Dagster"
+    )
+    resume.add_argument("dataset")
+    resume.add_argument("--run-id", help="the failed run (default: the dataset's most recent failed run)")
     tags = sub.add_parser("tags", help="list tags, newest first, initial-tag last, with sample counts")
     tags.add_argument("dataset")
     export = sub.add_parser("export", help="print the filenames of a tag's samples, one per line")
@@ -75,6 +80,8 @@ def main(argv: list[str] | None = None) -> int:
             return _tags(spec)
         if args.command == "export":
             return _export(spec, args.tag, args.uri)
+        if args.command == "resume":
+            return _resume(spec, args)
         return _run(spec, args)
     except ConfigError as exc:
         print(f"datapool: error: {exc}", file=sys.stderr)
@@ -153,33 +160,91 @@ def _run(spec: DatasetSpec, args: argparse.Namespace) -> int:
 
     with dg.DagsterInstance.get() as instance:
         for run_id in fail_dead_runs(instance, spec.name):
-            print(f"datapool: marked run {run_id} failed: its process died (its work is resumed now)", file=sys.stderr)
+            print(f"datapool: marked run {run_id} failed: its process died; this run takes over", file=sys.stderr)
         prepared = prepare_run(spec, instance, run_config, log=lambda m: print(f"datapool: {m}", file=sys.stderr))
         print(
             f"datapool: {spec.name}: {prepared.files} raw file(s) to process in {len(prepared.shards)} shard(s)",
             file=sys.stderr,
         )
-        job = dg.build_reconstructable_job(
-            "datapool_pipeline.definitions", "job_for_dataset", reconstructable_args=(spec.name, datasets_path)
-        )
         dagster_config = op_run_config(f"{spec.asset_prefix}__raw_files", raw_config)
         dagster_config["loggers"] = {"console": {"config": {"log_level": "INFO"}}}
-        logging.getLogger("dagster").setLevel(logging.INFO)
         tags = {**run_tags(spec, prepared), **launcher_tags()}
-        with dg.execute_job(
-            job, instance=instance, run_config=dagster_config, tags=tags, raise_on_error=False
-        ) as result:
-            if not result.success:
-                raise RunAborted(_failure_reason(result) + f" (Dagster run {result.run_id})")
-            run_id = result.run_id
+        run_id = _execute(spec, datasets_path, instance, dagster_config, tags)
+    _print_commit(spec, run_id)
+    return 0
+
+
+def _execute(
+    spec: DatasetSpec, datasets_path: str, instance: Any, run_config: dict[str, Any], tags: dict[str, str],
+    reexecution: Any = None,
+) -> str:
+    import dagster as dg
+
+    job = dg.build_reconstructable_job(
+        "datapool_pipeline.definitions", "job_for_dataset", reconstructable_args=(spec.name, datasets_path)
+    )
+    logging.getLogger("dagster").setLevel(logging.INFO)
+    with dg.execute_job(
+        job, instance=instance, run_config=run_config, tags=tags, raise_on_error=False,
+        reexecution_options=reexecution,
+    ) as result:
+        if not result.success:
+            raise RunAborted(_failure_reason(result) + f" (Dagster run {result.run_id})")
+        return result.run_id
+
+
+def _resume(spec: DatasetSpec, args: argparse.Namespace) -> int:
+    _dagster_home()
+    import dagster as dg
+
+    from datapool_pipeline.assets.runs import DATASET_TAG
+    from datapool_pipeline.recovery import HOST_TAG, PID_TAG, fail_dead_runs, launcher_tags
+
+    datasets_path = str(datasets_file(args.datasets).resolve())
+    os.environ[DATASETS_ENV] = datasets_path
+    with dg.DagsterInstance.get() as instance:
+        fail_dead_runs(instance, spec.name)
+        if args.run_id:
+            parent = instance.get_run_by_id(args.run_id)
+            if parent is None or parent.tags.get(DATASET_TAG) != spec.name:
+                raise ConfigError(f"no run {args.run_id} of dataset {spec.name} in {os.environ['DAGSTER_HOME']}")
+        else:
+            failed = instance.get_runs(
+                filters=dg.RunsFilter(tags={DATASET_TAG: spec.name}, statuses=[dg.DagsterRunStatus.FAILURE]),
+                limit=1,
+            )
+            if not failed:
+                raise RunAborted(f"dataset {spec.name} has no failed run to resume")
+            parent = failed[0]
+        if parent.status != dg.DagsterRunStatus.FAILURE:
+            raise RunAborted(f"run {parent.run_id} is {parent.status.value}, not failed: nothing to resume")
+        print(f"datapool: resuming run {parent.run_id} from its failed step", file=sys.stderr)
+        # Keep the parent's dataset and shard-range tags; the launcher tags are this process's.
+        kept = {
+            k: v
+            for k, v in parent.tags.items()
+            if k.startswith("dagster/asset_partition_range") or (
+                k not in (HOST_TAG, PID_TAG) and not k.startswith("dagster/"))
+        }
+        run_id = _execute(
+            spec, datasets_path, instance, dict(parent.run_config), {**kept, **launcher_tags()},
+            reexecution=dg.ReexecutionOptions.from_failure(parent.run_id, instance),
+        )
+    _print_commit(spec, run_id)
+    return 0
+
+
+def _print_commit(spec: DatasetSpec, run_id: str) -> None:
     state = DatapoolStore(open_storage(spec.output)).load_state()
-    commit = next(c for c in reversed(state.commits) if c.run_id == run_id)
+    commit = next((c for c in reversed(state.commits) if c.run_id == run_id), None)
+    if commit is None:
+        print(f"run {run_id} finished; the datapool holds {state.size} samples")
+        return
     print(
         f"tag {commit.tag}: {commit.n_samples} samples added; datapool {commit.datapool_size - commit.n_samples}"
         f" -> {commit.datapool_size}; report: "
         f"{open_storage(spec.output).display(DatapoolStore.report_prefix(commit.tag))}/report.json"
     )
-    return 0
 
 
 def _failure_reason(result: Any) -> str:

@@ -35,7 +35,10 @@ def test_vendor_shaped_config_parses() -> None:
         ({"selection_config": {"proportion_samples": 1.5}}, "selection_config.proportion_samples"),
         ({"selection_config": {"proportion_samples": 0}}, "selection_config.proportion_samples"),
         ({"selection_config": {"n_samples": 5, "n_sample": 3}}, "n_sample"),
-        ({"worker_config": {"use_datapool": "yes"}, "selection_config": {"n_samples": 1}}, "worker_config.use_datapool"),
+        (
+            {"worker_config": {"use_datapool": "yes"}, "selection_config": {"n_samples": 1}},
+            "worker_config.use_datapool",
+        ),
         ({"worker_config": {"datasource": {"process_al": True}}, "selection_config": {"n_samples": 1}}, "process_al"),
         ({"selection_config": {"n_samples": 1, "strategies": [{"input": {"type": "EMBEDDINGS"},
                                                                "strategy": {"type": "RANDOM"}}]}}, "strategies[0]"),

@@ -6,9 +6,6 @@ commit manifest is the single atomic last write, and clean-up of other runs' lef
 
 from __future__ import annotations
 
-import os
-import signal
-
 import polars as pl
 
 from datapool_pipeline.datapool import Commit, DatapoolStore
@@ -16,15 +13,10 @@ from datapool_pipeline.datasets import DatasetSpec
 from datapool_pipeline.errors import ConcurrentCommitError
 from datapool_pipeline.media.video import extract_frames_png
 from datapool_pipeline.storage import Storage
+from datapool_pipeline.workflow.faults import FAULT_ENV, fault_point
 from datapool_pipeline.workflow.progress import Log, Throttle, no_log
 
-FAULT_ENV = "DATAPOOL_FAULT_INJECT"
-"""Test-only crash switch: set to a fault point name to SIGKILL the process there."""
-
-
-def fault_point(name: str) -> None:
-    if os.environ.get(FAULT_ENV) == name:
-        os.kill(os.getpid(), signal.SIGKILL)
+__all__ = ["FAULT_ENV", "commit_staged", "upload_frames", "clean_up"]
 
 
 def commit_staged(
@@ -39,7 +31,8 @@ def commit_staged(
     commits = store.load_commits()
     for commit in commits:
         if commit.staging_id == staging_id:
-            log(f"tag {commit.tag} of this selection was already committed; nothing to do")
+            log(f"tag {commit.tag} of this selection was already committed; finishing its clean-up")
+            clean_up(spec, store, keep=set())
             return commit
     staged = store.read_staging(staging_id)
     if staged is None:
@@ -105,6 +98,8 @@ def upload_frames(
         for index, sample_id in zip(row["frame_index"], row["sample_id"], strict=True):
             output.write_bytes(sample_id, pngs[index])
             done += 1
+            if done == picks.height // 2:
+                fault_point("mid_upload")
             throttle(f"uploaded {done}/{picks.height} selected frames")
     throttle(f"uploaded {done}/{picks.height} selected frames", final=True)
 

@@ -8,12 +8,13 @@ from dataclasses import dataclass
 import numpy as np
 import polars as pl
 
-from datapool_pipeline.datapool import DatapoolStore, tables
+from datapool_pipeline.datapool import DatapoolStore
 from datapool_pipeline.datasets import DatasetSpec
 from datapool_pipeline.embedding import EmbeddingModel
 from datapool_pipeline.media.image import ImageDecodeError, decode_image, resize_center_crop
 from datapool_pipeline.media.video import FrameStream
 from datapool_pipeline.storage import Storage
+from datapool_pipeline.workflow.faults import fault_point
 from datapool_pipeline.workflow.frames import extract_shard_frames
 from datapool_pipeline.workflow.progress import Log, Throttle, no_log
 
@@ -104,6 +105,7 @@ def embed_shard(
         },
     )
     store.write_shard_embeddings(shard, model.fingerprint, df)
+    fault_point("after_embeddings")
     throttle(f"shard {shard}: embedded {done} samples in {throttle.elapsed:.1f}s", final=True)
     return ShardEmbeddings(shard, df.height, cached=False, seconds=throttle.elapsed)
 

@@ -16,6 +16,7 @@ from datapool_pipeline.datasets import DatasetSpec
 from datapool_pipeline.media.image import ImageDecodeError, decode_image
 from datapool_pipeline.media.video import FrameStream
 from datapool_pipeline.storage import Storage
+from datapool_pipeline.workflow.faults import fault_point
 from datapool_pipeline.workflow.progress import Log, Throttle, no_log
 
 # The manifest pass only needs timestamps and cheap statistics: decode small.
@@ -71,6 +72,7 @@ def extract_shard_frames(
     )
     frames = pl.concat(frame_rows) if frame_rows else tables.empty(tables.FRAME_SCHEMA)
     store.write_shard_frames(shard, files, frames)
+    fault_point("after_frames")
     result = summarize(shard, files, cached=False)
     log(f"shard {shard}: {result.files} file(s), {result.frames} frame(s), {len(result.skipped)} skipped")
     return result

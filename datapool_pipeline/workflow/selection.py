@@ -14,7 +14,8 @@ from datapool_pipeline.datapool import INITIAL_TAG, DatapoolState, DatapoolStore
 from datapool_pipeline.datasets import DatasetSpec
 from datapool_pipeline.errors import RunAborted
 from datapool_pipeline.selection import greedy_k_center, nearest_pool_distance, samples_to_select
-from datapool_pipeline.workflow.discovery import RunPlan, check_use_datapool
+from datapool_pipeline.workflow.discovery import RunPlan, check_use_datapool, unprocessed
+from datapool_pipeline.workflow.faults import fault_point
 from datapool_pipeline.workflow.progress import Log, no_log
 
 _ID = ["raw_key", "raw_version", "frame_index"]
@@ -101,6 +102,15 @@ def select_for_run(
 ) -> SelectionSummary:
     check_use_datapool(spec, store, run_config.use_datapool)
     state = store.load_state()
+    if not run_config.process_all:
+        # Another run may have committed some of these files since this run's raw_files step.
+        still_new = unprocessed(plan.candidates, state.processed)
+        if still_new.height == 0:
+            raise RunAborted(
+                f"the {plan.candidates.height} raw file(s) of this run were processed by another run that "
+                "committed first; nothing to do"
+            )
+        plan = RunPlan(still_new, plan.other_type, plan.stale, plan.inventory_files)
     emb = load_candidate_embeddings(store, plan.candidates, fingerprint, dim)
     ids = tables.sample_ids(spec.type, emb["raw_key"].to_list(), emb["raw_version"].to_list(),
                             emb["frame_index"].to_list())
@@ -152,6 +162,7 @@ def select_for_run(
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
     store.write_staging(staging_id, meta, picks, processed)
+    fault_point("after_selection")
     log(f"selected {picks.height} samples for tag {tag} (datapool {state.size} -> {state.size + picks.height})")
     return SelectionSummary(staging_id, tag, state.head_seq, new.height, picks.height, adopted, state.size)
 

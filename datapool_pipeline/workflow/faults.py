@@ -1,0 +1,18 @@
+"""Test-only crash switch: `DATAPOOL_FAULT_INJECT=<point>` SIGKILLs the process at that point.
+
+Points: after_frames, after_embeddings, after_selection, mid_upload, after_upload, after_commit.
+Used by the crash-safety tests; never set it in production.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+
+FAULT_ENV = "DATAPOOL_FAULT_INJECT"
+FAULT_POINTS = ("after_frames", "after_embeddings", "after_selection", "mid_upload", "after_upload", "after_commit")
+
+
+def fault_point(name: str) -> None:
+    if os.environ.get(FAULT_ENV) == name:
+        os.kill(os.getpid(), signal.SIGKILL)
