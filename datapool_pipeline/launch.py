@@ -61,6 +61,7 @@ def prepare_run(
     check_use_datapool(spec, store, run_config.use_datapool)
     inventory = list_inventory(spec, input_storage, log)
     state = store.load_state()
+    store.discard_committed_staging(state.commits)
     todo = inventory.files if run_config.process_all else unprocessed(inventory.files, state.processed)
     if todo.height == 0:
         raise RunAborted(

@@ -267,6 +267,15 @@ class DatapoolStore:
             if i.key.endswith(".json")
         )
 
+    def discard_committed_staging(self, commits: list[Commit]) -> list[str]:
+        """Delete staging entries whose commit landed (a crash after the commit skipped this);
+        always safe: a committed selection is never read from staging again."""
+        committed = {c.staging_id for c in commits}
+        done = [sid for sid in self.staging_ids() if sid in committed]
+        for sid in done:
+            self.delete_staging(sid)
+        return done
+
     def delete_staging(self, staging_id: str) -> None:
         base = f"{ROOT}/staging/{staging_id}"
         self.storage.delete(f"{base}.json")

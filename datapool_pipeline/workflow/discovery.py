@@ -117,6 +117,7 @@ def plan_run(
     """Which files of the run's shards to process: still present with the registered version, and
     (unless process_all) not processed by a committed run."""
     state = store.load_state()
+    store.discard_committed_staging(state.commits)
     inventory = list_inventory(spec, input_storage, log)
     members = store.shard_members(shard_ids)
     present = members.join(inventory.files.select(_KEYS), on=_KEYS, how="semi")
