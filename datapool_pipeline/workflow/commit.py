@@ -94,7 +94,7 @@ def upload_frames(
     ).sort("first")
     for row in order.iter_rows(named=True):
         with input_storage.local_source(row["raw_key"]) as source:
-            pngs = extract_frames_png(source, row["frame_index"], fps=spec.video.fps)
+            pngs = extract_frames_png(source, row["frame_index"], **spec.video.frame_options())
         for index, sample_id in zip(row["frame_index"], row["sample_id"], strict=True):
             output.write_bytes(sample_id, pngs[index])
             done += 1

@@ -59,7 +59,7 @@ def embed_shard(
         for row in ok.iter_rows(named=True):
             key, version = row["raw_key"], row["raw_version"]
             with input_storage.local_source(key) as source:
-                stream = FrameStream(source, model.image_size, fps=spec.video.fps)
+                stream = FrameStream(source, model.image_size, **spec.video.frame_options())
                 n_before = done
                 for batch in model.embed_stream(stream):
                     chunks.append(batch)

@@ -102,7 +102,7 @@ def _decode_member(
     throttle = Throttle(log)
     lumas: list[float] = []
     with storage.local_source(key) as source:
-        stream = FrameStream(source, MANIFEST_SIZE, fps=spec.video.fps)
+        stream = FrameStream(source, MANIFEST_SIZE, **spec.video.frame_options())
         for frame in stream:
             lumas.append(float(frame.mean()))
             throttle(f"{key}: decoded {len(lumas)} frames")

@@ -13,7 +13,7 @@ from datapool_pipeline.config import RunConfig
 from datapool_pipeline.datapool import INITIAL_TAG, DatapoolState, DatapoolStore, tables
 from datapool_pipeline.datasets import DatasetSpec
 from datapool_pipeline.errors import RunAborted
-from datapool_pipeline.selection import greedy_k_center, nearest_pool_distance, samples_to_select
+from datapool_pipeline.selection import greedy_k_center, samples_to_select
 from datapool_pipeline.workflow.discovery import RunPlan, check_use_datapool, unprocessed
 from datapool_pipeline.workflow.faults import fault_point
 from datapool_pipeline.workflow.progress import Log, no_log
@@ -130,15 +130,14 @@ def select_for_run(
     candidates = tables.embeddings_matrix(new, dim)
     pool = pool_embeddings(spec, store, state, fingerprint, dim)
     log(f"selecting {k} of {new.height} new samples against a datapool of {len(pool)}")
-    pool_d2 = nearest_pool_distance(candidates, pool)
-    result = greedy_k_center(candidates, k, pool_sq_distances=pool_d2, seed=spec.seed)
+    result = greedy_k_center(candidates, k, pool=pool, seed=spec.seed)
     adopted = 0
     orphans = _orphans(spec, store, state, new)
     if orphans and not set(orphans) <= set(result.picks):
         # Frames uploaded by a crashed run: keep them (they count towards k) and pick the rest.
         adopted = min(len(orphans), k)
         log(f"adopting {adopted} frame(s) uploaded by an earlier run that crashed before committing")
-        result = greedy_k_center(candidates, k, pool_sq_distances=pool_d2, seed=spec.seed, preselected=orphans)
+        result = greedy_k_center(candidates, k, pool=pool, seed=spec.seed, preselected=orphans)
     tag = tag_name(started_at, state.tags)
     picks = new[result.picks].with_columns(
         pl.lit(tag).alias("tag"),
