@@ -243,7 +243,8 @@ def _print_commit(spec: DatasetSpec, run_id: str) -> None:
     print(
         f"tag {commit.tag}: {commit.n_samples} samples added; datapool {commit.datapool_size - commit.n_samples}"
         f" -> {commit.datapool_size}; report: "
-        f"{open_storage(spec.output).display(DatapoolStore.report_prefix(commit.tag))}/report.json"
+        f"{open_storage(spec.output).display(DatapoolStore.report_prefix(commit.tag))}/report.pdf"
+        " (also report.json, embedding_view.html)"
     )
 
 
