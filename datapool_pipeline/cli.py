@@ -139,7 +139,29 @@ def _dagster_home() -> Path:
         config.write_text(DEFAULT_INSTANCE_YAML)
         print(f"datapool: wrote a default instance config to {config}", file=sys.stderr)
     os.environ["DAGSTER_HOME"] = str(path)
+    _create_instance_storage(path)
     return path
+
+
+def _create_instance_storage(home: Path) -> None:
+    """Create the instance's SQLite databases under a file lock: two `datapool` processes starting
+    on a new DAGSTER_HOME at once would otherwise both create (and stamp) the same tables."""
+    marker = home / ".datapool-storage-ready"
+    if marker.exists():
+        return
+    import fcntl
+
+    import dagster as dg
+
+    with open(home / ".datapool-storage.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if marker.exists():
+            return
+        with dg.DagsterInstance.get() as instance:
+            instance.get_runs(limit=1)  # run storage
+            instance.get_dynamic_partitions("datapool-storage-check")  # event log index
+            instance.all_instigator_state()  # schedule storage (sensor cursors)
+        marker.touch()
 
 
 def _run(spec: DatasetSpec, args: argparse.Namespace) -> int:
