@@ -53,6 +53,51 @@ class FusedSelfAttention(nn.Module):
         return (o if self.batch_first else o.transpose(0, 1)), None
 
 
+class ClassTokenLastBlock(nn.Module):
+    """The last residual block of a ViT pooled by its class token, computed for that token only.
+
+    Keys and values still come from every token, but the attention output projection, LayerNorm 2
+    and the MLP run on one token instead of all (49 of 50 for ViT-B-32: ~6% of the tower's FLOPs).
+    The class token's output is the same computation as in the full block; other tokens are dropped.
+    """
+
+    def __init__(self, block: nn.Module) -> None:
+        super().__init__()
+        self.block = block
+
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
+        blk = self.block
+        attn: FusedSelfAttention = blk.attn
+        h = blk.ln_1(x)
+        b, n, d = h.shape
+        qkv = attn.qkv(h).reshape(b, n, 3, attn.heads, d // attn.heads).permute(2, 0, 3, 1, 4)
+        o = F.scaled_dot_product_attention(qkv[0][:, :, :1], qkv[1], qkv[2])
+        y = x[:, :1] + blk.ls_1(attn.out(o.transpose(1, 2).reshape(b, 1, d)))
+        return y + blk.ls_2(blk.mlp(blk.ln_2(y)))
+
+
+def class_token_only_last_block(visual: nn.Module) -> bool:
+    """Use ClassTokenLastBlock when `visual` is an open_clip VisionTransformer whose output is its
+    class token (no attentional pooling, no token outputs) and the last block is a plain one."""
+    transformer = getattr(visual, "transformer", None)
+    blocks = getattr(transformer, "resblocks", None)
+    if (
+        blocks is None or len(blocks) == 0
+        or getattr(visual, "pool_type", None) != "tok"
+        or getattr(visual, "attn_pool", None) is not None
+        or getattr(visual, "output_tokens", True)
+        or not getattr(transformer, "batch_first", False)
+    ):
+        return False
+    last = blocks[-1]
+    if type(last).__name__ != "ResidualAttentionBlock" or hasattr(last, "ln_1_kv"):
+        return False
+    if not isinstance(getattr(last, "attn", None), FusedSelfAttention):
+        return False
+    blocks[-1] = ClassTokenLastBlock(last)
+    return True
+
+
 def fuse_attention(module: nn.Module) -> int:
     """Replace self-attention modules in place; returns how many were replaced."""
     replaced = 0
@@ -85,6 +130,7 @@ def optimize_visual_for_cpu(visual: nn.Module, precision: str = "fp32") -> nn.Mo
     """The image tower prepared for CPU inference at `precision` (fp32 stays numerically fp32)."""
     visual = visual.eval()
     fuse_attention(visual)
+    class_token_only_last_block(visual)
     if precision == "int8":
         visual = quantize_int8(visual)
     return visual

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from datapool_pipeline.datasets import EmbeddingSpec
 from datapool_pipeline.embedding import model as emb
-from datapool_pipeline.embedding.fast_cpu import FusedSelfAttention
+from datapool_pipeline.embedding.fast_cpu import ClassTokenLastBlock, FusedSelfAttention, optimize_visual_for_cpu
 from datapool_pipeline.embedding.model import prefetch_batches
 from datapool_pipeline_tests.conftest import TEST_MODEL
 
@@ -80,3 +80,19 @@ def test_fused_attention_equals_multihead_attention(batch_first: bool) -> None:
     with torch.inference_mode():
         assert torch.allclose(fused(x, x, x)[0], mha(x, x, x, need_weights=False)[0], atol=1e-5)
         assert torch.equal(fused(q, x, x)[0], mha(q, x, x, need_weights=False)[0])  # cross: delegated
+
+
+@pytest.mark.parametrize("pool_type", ["tok", "avg"])
+def test_class_token_last_block_only_where_it_is_exact(pool_type: str) -> None:
+    """The last block runs for the class token alone when the tower outputs that token, and gives
+    the same features; an average-pooled tower needs every token and keeps its full last block."""
+    torch.manual_seed(0)
+    model = open_clip.create_model(TEST_MODEL, pretrained=None).eval()
+    model.visual.pool_type = pool_type
+    x = torch.randn(3, 3, 224, 224)
+    with torch.inference_mode():
+        expected = model.visual(x)
+        fast = optimize_visual_for_cpu(model.visual, "fp32")
+        got = fast(x)
+    assert isinstance(fast.transformer.resblocks[-1], ClassTokenLastBlock) == (pool_type == "tok")
+    assert torch.allclose(got, expected, atol=1e-4)
