@@ -18,6 +18,7 @@ DATASETS_ENV = "DATAPOOL_DATASETS"
 DATASET_TYPES = ("IMAGES", "VIDEOS")
 _NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,62}$")
 _URI_SCHEMES = ("file://", "s3://", "gs://", "az://")
+EMBEDDING_PRECISIONS = ("auto", "int8", "fp32", "bf16")
 
 
 @dataclass(frozen=True)
@@ -29,6 +30,9 @@ class EmbeddingSpec:
     batch_size: int = 32
     device: str = "auto"
     seed: int = 0
+    precision: str = "auto"
+    """CPU arithmetic: auto (= int8), int8, fp32 or bf16. Not part of the fingerprint: every choice
+    stays within cosine 0.999 of fp32, so cached embeddings remain comparable."""
 
     @property
     def fingerprint(self) -> str:
@@ -201,7 +205,7 @@ def _resolve_location(value: str, base_dir: Path) -> str:
 def _parse_embedding(body: Any, where: str) -> EmbeddingSpec:
     if not isinstance(body, dict):
         raise ConfigError(f"{where}: expected a mapping (model, pretrained, batch_size, device)")
-    allowed = {"model", "pretrained", "batch_size", "device", "seed"}
+    allowed = {"model", "pretrained", "batch_size", "device", "seed", "precision"}
     unknown = set(body) - allowed
     if unknown:
         raise ConfigError(f"{where}: unknown key(s) {sorted(unknown)}; allowed: {sorted(allowed)}")
@@ -223,7 +227,12 @@ def _parse_embedding(body: Any, where: str) -> EmbeddingSpec:
     seed = body.get("seed", 0)
     if not isinstance(seed, int) or isinstance(seed, bool):
         raise ConfigError(f"{where}.seed: must be an integer")
-    return EmbeddingSpec(model=model, pretrained=pretrained, batch_size=batch_size, device=device, seed=seed)
+    precision = str(body.get("precision", defaults.precision)).strip().lower()
+    if precision not in EMBEDDING_PRECISIONS:
+        raise ConfigError(f"{where}.precision: must be one of {', '.join(EMBEDDING_PRECISIONS)}, got {precision!r}")
+    return EmbeddingSpec(
+        model=model, pretrained=pretrained, batch_size=batch_size, device=device, seed=seed, precision=precision
+    )
 
 
 def _parse_video(body: Any, where: str) -> VideoSpec:

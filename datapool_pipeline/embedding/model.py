@@ -191,7 +191,7 @@ def _load_cached(spec: EmbeddingSpec) -> EmbeddingModel:
     precision = "fp16" if device.type == "cuda" else "fp32"
     encode: Callable[[torch.Tensor], torch.Tensor] | None = None
     if device.type == "cpu":
-        precision = cpu_precision()
+        precision = cpu_precision(spec.precision)
         set_cpu_threads()
         visual = optimize_visual_for_cpu(model.visual, precision)
         encode = functools.partial(_encode_with, visual)

@@ -96,3 +96,25 @@ def test_class_token_last_block_only_where_it_is_exact(pool_type: str) -> None:
         got = fast(x)
     assert isinstance(fast.transformer.resblocks[-1], ClassTokenLastBlock) == (pool_type == "tok")
     assert torch.allclose(got, expected, atol=1e-4)
+
+
+@pytest.mark.parametrize(("configured", "used"), [("auto", "int8"), ("fp32", "fp32"), ("int8", "int8")])
+def test_precision_comes_from_datasets_yaml(configured: str, used: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("DATAPOOL_CPU_PRECISION", raising=False)
+    emb._load_cached.cache_clear()
+    try:
+        model = emb.load_model(EmbeddingSpec(model=TEST_MODEL, pretrained=None, device="cpu", precision=configured))
+    finally:
+        emb._load_cached.cache_clear()
+    assert model.precision == used
+
+
+def test_bad_precision_in_datasets_yaml_names_the_key(tmp_path) -> None:
+    from datapool_pipeline.datasets import load_datasets
+    from datapool_pipeline.errors import ConfigError
+
+    path = tmp_path / "datasets.yaml"
+    path.write_text(f"datasets:\n  d:\n    type: IMAGES\n    input: {tmp_path}\n    output: {tmp_path / 'o'}\n"
+                    "    embedding: {precision: fp8}\n")
+    with pytest.raises(ConfigError, match=r"datasets\.d\.embedding\.precision: must be one of auto, int8"):
+        load_datasets(path)
