@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -277,10 +278,8 @@ def _failure_reason(result: Any) -> str:
             while error.cause is not None and error.cls_name.startswith("Dagster"):
                 error = error.cause
             message = error.message.strip().splitlines()[0] if error.message else error.cls_name
-            prefix = f"{error.cls_name}: "
-            for candidate in (prefix, f"datapool_pipeline.errors.{prefix}"):
-                message = message.removeprefix(candidate)
-            return message
+            # "StorageError: ..." or "datapool_pipeline.storage.base.StorageError: ...": the message only.
+            return re.sub(rf"^(?:[\w.]+\.)?{re.escape(error.cls_name)}: ", "", message)
     return "the Dagster run failed"
 
 

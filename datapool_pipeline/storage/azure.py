@@ -18,6 +18,7 @@ from urllib.parse import urlparse
 from datapool_pipeline.errors import ConfigError
 from datapool_pipeline.storage.base import ObjectInfo
 from datapool_pipeline.storage.objectstore import ObjectStore
+from datapool_pipeline.storage.retry import RetrySettings, retry_settings
 
 CONNECTION_STRING_ENV = "AZURE_STORAGE_CONNECTION_STRING"
 ACCOUNT_URL_ENV = "AZURE_STORAGE_ACCOUNT_URL"
@@ -34,12 +35,28 @@ def _account_name(url: str) -> str:
     return path.split("/")[0] if path else (parsed.hostname or "").split(".")[0]
 
 
+def _retry_policy(settings: RetrySettings) -> Any:
+    """The SDK's storage retry policy (5xx except 501/505, 408, connection and read errors; Azure Storage
+    throttles with 503 ServerBusy / 500 OperationTimedOut) with our attempts and backoff instead of its
+    15 s + 3^n default."""
+    from azure.storage.blob import ExponentialRetry
+
+    class _Retry(ExponentialRetry):
+        def get_backoff_time(self, state: dict[str, Any]) -> float:
+            return settings.backoff(max(int(state.get("count", 1)) - 1, 0))  # count is 1 before the first retry
+
+    retries = settings.attempts - 1
+    return _Retry(initial_backoff=0, retry_total=retries, retry_connect=retries, retry_read=retries,
+                  retry_status=retries, random_jitter_range=0)
+
+
 def service_client() -> Any:
     from azure.storage.blob import BlobServiceClient
 
     # 4 MiB GETs (instead of a first 32 MiB one): ffmpeg gets the first bytes of a video sooner.
     kwargs: dict[str, Any] = {"connection_timeout": 10, "read_timeout": 120,
-                              "max_single_get_size": 4 * 1024 * 1024, "max_chunk_get_size": 4 * 1024 * 1024}
+                              "max_single_get_size": 4 * 1024 * 1024, "max_chunk_get_size": 4 * 1024 * 1024,
+                              "retry_policy": _retry_policy(retry_settings())}
     conn = os.environ.get(CONNECTION_STRING_ENV, "").strip()
     if conn:
         try:
@@ -82,7 +99,13 @@ class AzureBlobStorage(ObjectStore):
 
     @contextlib.contextmanager
     def _call(self, action: str, key: str = "") -> Iterator[None]:
-        from azure.core.exceptions import AzureError, ClientAuthenticationError, HttpResponseError
+        from azure.core.exceptions import (
+            AzureError,
+            ClientAuthenticationError,
+            HttpResponseError,
+            ServiceRequestError,
+            ServiceResponseError,
+        )
 
         try:
             yield
@@ -97,9 +120,18 @@ class AzureBlobStorage(ObjectStore):
                 reason = f"the credentials were rejected ({code})"
             elif exc.status_code == 403:
                 reason = f"access denied ({code}): the credential lacks the permission"
+            elif exc.status_code and (exc.status_code >= 500 or exc.status_code in (408, 429)):
+                kind = "throttled" if code in ("ServerBusy", "429") or exc.status_code == 429 else "server error"
+                reason = (f"gave up after {retry_settings().attempts} attempt(s): {kind} ({code}, "
+                          f"HTTP {exc.status_code})")
             else:
                 reason = code
             raise self.error(action, key, reason) from None
+        except (ServiceRequestError, ServiceResponseError) as exc:
+            raise self.error(
+                action, key, f"gave up after {retry_settings().attempts} attempt(s): connection failed "
+                f"({type(exc).__name__})"
+            ) from None
         except AzureError as exc:
             raise self.error(action, key, type(exc).__name__) from None
 
@@ -156,7 +188,7 @@ class AzureBlobStorage(ObjectStore):
                 self.client.upload_blob(self._name(key), data, overwrite=False)
                 return True
             except (ResourceExistsError, ResourceModifiedError):
-                return False
+                return self._holds(key, data)
 
     def delete(self, key: str) -> None:
         from azure.core.exceptions import ResourceNotFoundError

@@ -54,7 +54,10 @@ class Storage(abc.ABC):
 
     @abc.abstractmethod
     def put_if_absent(self, key: str, data: bytes) -> bool:
-        """Create the object only if no object has that key; False if it existed. Atomic."""
+        """Create the object only if no object has that key; False if it existed. Atomic.
+
+        Object stores also return True when the existing object holds exactly these bytes (a retried
+        request whose first attempt was applied but whose response was lost)."""
 
     @abc.abstractmethod
     def delete(self, key: str) -> None:

@@ -13,9 +13,12 @@ import os
 from collections.abc import Iterator
 from typing import Any
 
+from google.api_core.retry import Retry
+
 from datapool_pipeline.errors import ConfigError
 from datapool_pipeline.storage.base import ObjectInfo
 from datapool_pipeline.storage.objectstore import CHUNK, ObjectStore
+from datapool_pipeline.storage.retry import MAX_BACKOFF_SECONDS, retry_settings
 
 SERVICE_ACCOUNT_JSON_ENV = "DATAPOOL_GCS_SERVICE_ACCOUNT_JSON"
 PROJECT_ENV = "GOOGLE_CLOUD_PROJECT"
@@ -38,6 +41,29 @@ def gcs_credentials() -> Any | None:
         raise ConfigError(
             f"{SERVICE_ACCOUNT_JSON_ENV} does not hold a valid service-account JSON key (value not shown)"
         ) from None
+
+
+class _AttemptsRetry(Retry):
+    """api_core's Retry is bounded by time only; this one also gives up after DATAPOOL_STORAGE_RETRY_ATTEMPTS
+    attempts of each wrapped call (each request, each listing page), re-raising the last error."""
+
+    def __call__(self, func: Any, on_error: Any = None) -> Any:
+        attempts = retry_settings().attempts
+
+        def with_attempt_limit(*args: Any, **kwargs: Any) -> Any:
+            failures = 0
+
+            def count(exc: Exception) -> None:
+                nonlocal failures
+                failures += 1
+                if on_error is not None:
+                    on_error(exc)
+                if failures >= attempts:
+                    raise exc
+
+            return Retry.__call__(self, func, on_error=count)(*args, **kwargs)
+
+        return with_attempt_limit
 
 
 class GCSStorage(ObjectStore):
@@ -65,26 +91,61 @@ class GCSStorage(ObjectStore):
     def _bucket(self) -> Any:
         return self.client.bucket(self.bucket)
 
+    def _retry(self) -> Any:
+        """The retry policy for a call: the library's predicate (429, 5xx, connection errors, timeouts) and
+        backoff shape, with our base delay, stopped after the configured number of attempts.
+
+        Used for every call, plain overwrites included (a repeated whole-object PUT sends the same bytes);
+        the conditional commit write is safe to repeat too (ifGenerationMatch=0)."""
+        from google.cloud.storage.retry import DEFAULT_RETRY
+
+        settings = retry_settings()
+        return _AttemptsRetry(
+            predicate=DEFAULT_RETRY._predicate, initial=settings.base_seconds, maximum=MAX_BACKOFF_SECONDS,
+            multiplier=2.0, timeout=600.0,
+        )
+
     @contextlib.contextmanager
     def _call(self, action: str, key: str = "") -> Iterator[None]:
+        import requests
         from google.api_core import exceptions as gexc
         from google.auth.exceptions import GoogleAuthError
 
         try:
-            yield
+            try:
+                yield
+            except gexc.RetryError as exc:  # the retry deadline passed: report the last failure
+                if isinstance(exc.cause, Exception):
+                    raise exc.cause from None
+                raise
         except gexc.NotFound:
             missing = "the bucket does not exist (404)" if action == "listing" else "not found (404)"
             raise self.error(action, key, missing) from None
         except (gexc.Forbidden, gexc.Unauthorized) as exc:
             raise self.error(action, key, f"access denied ({exc.code})") from None
         except gexc.GoogleAPICallError as exc:
-            raise self.error(action, key, f"{exc.code} {type(exc).__name__}") from None
+            code = int(exc.code or 0)
+            if code == 429 or code >= 500:
+                kind = "throttled" if code == 429 else "server error"
+                attempts = retry_settings().attempts
+                reason = f"gave up after {attempts} attempt(s): {kind} ({type(exc).__name__}, HTTP {code})"
+            else:
+                reason = f"{exc.code} {type(exc).__name__}"
+            raise self.error(action, key, reason) from None
+        except (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError,
+                ConnectionError, TimeoutError) as exc:
+            raise self.error(
+                action, key, f"gave up after {retry_settings().attempts} attempt(s): connection failed "
+                f"({type(exc).__name__})"
+            ) from None
         except GoogleAuthError as exc:
             raise self.error(action, key, f"the credentials were rejected ({type(exc).__name__})") from None
 
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
         with self._call("listing", prefix):
-            blobs = self.client.list_blobs(self.bucket, prefix=self._list_prefix(prefix), page_size=self.page_size)
+            blobs = self.client.list_blobs(
+                self.bucket, prefix=self._list_prefix(prefix), page_size=self.page_size, retry=self._retry()
+            )
             for page in blobs.pages:
                 for blob in page:
                     key = self._key(blob.name)
@@ -100,7 +161,7 @@ class GCSStorage(ObjectStore):
 
     def stat(self, key: str) -> ObjectInfo | None:
         with self._call("stat", key):
-            blob = self._bucket.get_blob(self._name(key))
+            blob = self._bucket.get_blob(self._name(key), retry=self._retry())
         return None if blob is None else self._info(key, blob)
 
     def read_bytes(self, key: str) -> bytes:
@@ -108,7 +169,7 @@ class GCSStorage(ObjectStore):
 
         with self._call("reading", key):
             try:
-                return self._bucket.blob(self._name(key)).download_as_bytes()
+                return self._bucket.blob(self._name(key)).download_as_bytes(retry=self._retry())
             except NotFound:
                 raise FileNotFoundError(self.display(key)) from None
 
@@ -117,11 +178,13 @@ class GCSStorage(ObjectStore):
             blob = self._bucket.blob(self._name(key))
             for offset in range(start, end + 1, CHUNK):
                 last = min(offset + CHUNK - 1, end)
-                yield blob.download_as_bytes(start=offset, end=last, checksum=None)
+                yield blob.download_as_bytes(start=offset, end=last, checksum=None, retry=self._retry())
 
     def write_bytes(self, key: str, data: bytes) -> None:
         with self._call("writing", key):
-            self._bucket.blob(self._name(key)).upload_from_string(data, content_type="application/octet-stream")
+            self._bucket.blob(self._name(key)).upload_from_string(
+                data, content_type="application/octet-stream", retry=self._retry()
+            )
 
     def put_if_absent(self, key: str, data: bytes) -> bool:
         from google.api_core.exceptions import PreconditionFailed
@@ -129,14 +192,14 @@ class GCSStorage(ObjectStore):
         with self._call("conditional write", key):
             try:
                 self._bucket.blob(self._name(key)).upload_from_string(
-                    data, content_type="application/octet-stream", if_generation_match=0
+                    data, content_type="application/octet-stream", if_generation_match=0, retry=self._retry()
                 )
                 return True
             except PreconditionFailed:
-                return False
+                return self._holds(key, data)
 
     def delete(self, key: str) -> None:
         from google.api_core.exceptions import NotFound
 
         with self._call("deleting", key), contextlib.suppress(NotFound):
-            self._bucket.blob(self._name(key)).delete()
+            self._bucket.blob(self._name(key)).delete(retry=self._retry())

@@ -15,6 +15,7 @@ from typing import Any
 from datapool_pipeline.errors import ConfigError
 from datapool_pipeline.storage.base import Storage, StorageError, check_key
 from datapool_pipeline.storage.rangeproxy import serve_object
+from datapool_pipeline.storage.retry import RETRY_ENV
 from datapool_pipeline.storage.secrets import redact
 
 MEDIA_MODE_ENV = "DATAPOOL_REMOTE_MEDIA"
@@ -75,7 +76,7 @@ class ObjectStore(Storage):
 
     @cached_property
     def client(self) -> Any:
-        cache_key = (type(self).__name__, *(os.environ.get(v, "") for v in self.client_env))
+        cache_key = (type(self).__name__, *(os.environ.get(v, "") for v in (*self.client_env, *RETRY_ENV)))
         with _CLIENTS_LOCK:
             shared = _CLIENTS.get(cache_key)
             if shared is None:
@@ -93,6 +94,18 @@ class ObjectStore(Storage):
     @abc.abstractmethod
     def read_range(self, key: str, start: int, end: int) -> Iterator[bytes]:
         """Yield bytes start..end (inclusive) of the object, streaming."""
+
+    def _holds(self, key: str, data: bytes) -> bool:
+        """Whether the object at key has exactly these bytes.
+
+        A conditional write is retried by the SDK when its response is lost (a reset connection, a
+        timeout); if the lost attempt was applied, the retry is refused as "exists". The object is then
+        ours when it holds our bytes (a commit manifest names its run and random part files, so another
+        writer's is never byte-identical)."""
+        try:
+            return self.read_bytes(key) == data
+        except FileNotFoundError:
+            return False
 
     def error(self, action: str, key: str, reason: str) -> StorageError:
         where = self.display(key) if key else self.uri

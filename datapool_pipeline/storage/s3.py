@@ -16,6 +16,7 @@ from typing import Any
 
 from datapool_pipeline.storage.base import ObjectInfo, StorageError
 from datapool_pipeline.storage.objectstore import ObjectStore
+from datapool_pipeline.storage.retry import retry_settings
 
 ROLE_ARN_ENV = "DATAPOOL_S3_ROLE_ARN"
 EXTERNAL_ID_ENV = "DATAPOOL_S3_EXTERNAL_ID"
@@ -23,6 +24,8 @@ SESSION_NAME_ENV = "DATAPOOL_S3_ROLE_SESSION_NAME"
 DURATION_ENV = "DATAPOOL_S3_ROLE_DURATION_SECONDS"
 ADDRESSING_ENV = "DATAPOOL_S3_ADDRESSING_STYLE"
 _NOT_FOUND = {"404", "NoSuchKey", "NotFound"}
+_THROTTLING = {"SlowDown", "Throttling", "ThrottlingException", "RequestThrottled", "TooManyRequestsException",
+               "RequestLimitExceeded", "BandwidthLimitExceeded", "429"}
 _BAD_CREDENTIALS = {"InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidClientTokenId", "InvalidToken",
                     "ExpiredToken", "TokenRefreshRequired", "AuthFailure"}
 
@@ -39,6 +42,11 @@ def _client_error_reason(exc: Any) -> str:
         return f"the credentials were rejected ({code}): check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY"
     if code in ("AccessDenied", "403", "AllAccessDisabled"):
         return f"access denied ({code})"
+    status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
+    if code in _THROTTLING or status >= 500:
+        attempts = int(exc.response.get("ResponseMetadata", {}).get("RetryAttempts") or 0) + 1
+        kind = "throttled" if code in _THROTTLING or status == 429 else "server error"
+        return f"gave up after {attempts} attempt(s): {kind} ({code}, HTTP {status})"
     return f"{code}: {err.get('Message', '')}".strip().rstrip(":")
 
 
@@ -61,7 +69,8 @@ class S3Storage(ObjectStore):
         if role_arn:
             core._credentials = _assume_role_credentials(core, role_arn)  # botocore's documented hook
         config = Config(
-            retries={"mode": "standard", "max_attempts": 5},
+            # total_max_attempts counts the first request; botocore's "max_attempts" counts retries only.
+            retries={"mode": "standard", "total_max_attempts": retry_settings().attempts},
             connect_timeout=10,
             read_timeout=120,
             max_pool_connections=16,
@@ -71,7 +80,8 @@ class S3Storage(ObjectStore):
 
     @contextlib.contextmanager
     def _call(self, action: str, key: str = "") -> Iterator[None]:
-        from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
+        from botocore.exceptions import BotoCoreError, ClientError, HTTPClientError, NoCredentialsError
+        from botocore.exceptions import ConnectionError as BotoConnectionError
 
         try:
             yield
@@ -81,6 +91,12 @@ class S3Storage(ObjectStore):
             raise self.error(
                 action, key, "no AWS credentials found: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY "
                 "(or a profile / instance role)"
+            ) from None
+        except (BotoConnectionError, HTTPClientError) as exc:
+            # The message holds the endpoint URL only; the class says what happened (reset, timeout, refused).
+            raise self.error(
+                action, key, f"gave up after {retry_settings().attempts} attempt(s): connection failed "
+                f"({type(exc).__name__})"
             ) from None
         except BotoCoreError as exc:
             raise self.error(action, key, f"{type(exc).__name__}: {exc}") from None
@@ -143,7 +159,7 @@ class S3Storage(ObjectStore):
                 except ClientError as exc:
                     code = str(exc.response.get("Error", {}).get("Code"))
                     if code in ("PreconditionFailed", "412"):
-                        return False
+                        return self._holds(key, data)
                     # 409: a concurrent conditional write to this key is in flight; S3 asks to retry.
                     if code != "ConditionalRequestConflict" or attempt == 5:
                         raise
