@@ -87,8 +87,10 @@ def test_hnsw_seeding_agrees_with_exact() -> None:
     recall = np.mean(np.isclose(approx, exact, atol=1e-5))
     assert recall >= 0.99
     assert np.all(approx >= exact - 1e-5)  # an approximate neighbour is never nearer than the true one
+    # A multi-threaded hnswlib build is not bit-reproducible, so compare the dispatch with the truth.
     via_dispatch = nearest_pool_distance(cands, pool, exact_max_pairs=0)
-    assert np.allclose(via_dispatch, approx)
+    assert np.mean(np.isclose(via_dispatch, exact, atol=1e-5)) >= 0.99
+    assert np.all(via_dispatch >= exact - 1e-5)
 
 
 @pytest.mark.parametrize(
