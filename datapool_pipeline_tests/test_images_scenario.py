@@ -23,7 +23,7 @@ def test_images_with_proportion(cli, tmp_path: Path) -> None:
 
     first = cli(*ds, "run", "imgs", "--proportion-samples", "0.25")
     assert first.code == 0, first.err
-    assert "skipping 2 file(s) that are not images" in first.err
+    assert "skipping 2 file(s) that are not images: " in first.err
     store = DatapoolStore(LocalStorage(output))
     state = store.load_state()
     # 40 good images are candidates; the 2 undecodable ones are skipped; 25% of 40 = 10.

@@ -1,10 +1,11 @@
-"""Which raw files are images, which are videos (by extension)."""
+"""Which raw files are images, which are videos (by extension), and which keys are unsafe to use."""
 
 from __future__ import annotations
 
 from typing import Literal
 
-MediaKind = Literal["IMAGES", "VIDEOS", "OTHER"]
+MediaKind = Literal["IMAGES", "VIDEOS", "OTHER", "UNSAFE_KEY"]
+UNSAFE_KEY_REASON = "unsafe key (a '..' or '.' segment, an empty segment or a leading '/'): never used as a path"
 
 IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".jfif", ".ppm", ".pgm"}
@@ -15,6 +16,11 @@ VIDEO_EXTENSIONS = frozenset(
 
 
 def media_kind(key: str) -> MediaKind:
+    """IMAGES / VIDEOS by extension, OTHER, or UNSAFE_KEY for a bucket key that could escape a folder
+    (`../x.mp4`, `/x.mp4`, `a//x.mp4`): such objects are skipped and reported, never read or written."""
+    segments = key.split("/")
+    if not key or key.startswith("/") or any(s in ("", ".", "..") for s in segments):
+        return "UNSAFE_KEY"
     name = key.rsplit("/", 1)[-1].lower()
     ext = "." + name.rsplit(".", 1)[-1] if "." in name else ""
     if ext in IMAGE_EXTENSIONS:

@@ -6,10 +6,12 @@ with a message that names the dataset and the datasource (never a credential).
 
 from __future__ import annotations
 
+import itertools
 import os
 import uuid
 
 from datapool_pipeline.errors import ConfigError
+from datapool_pipeline.media.kinds import media_kind
 from datapool_pipeline.storage.base import Storage, StorageError
 from datapool_pipeline.storage.local import LocalStorage
 from datapool_pipeline.storage.objectstore import ObjectStore
@@ -33,9 +35,12 @@ def check_read(dataset: str, storage: Storage) -> None:
         return  # a missing local folder is reported as "no new raw files" with its path
     try:
         listing = storage.list()
-        first = next(listing, None)
+        # The first readable object among the first few (keys that could escape a folder are skipped).
+        first = next(
+            (i for i in itertools.islice(listing, 100) if i.size > 0 and media_kind(i.key) != "UNSAFE_KEY"), None
+        )
         listing.close()
-        if first is not None and first.size > 0:
+        if first is not None:
             for _ in storage.read_range(first.key, 0, 0):
                 pass
     except (StorageError, ConfigError, OSError) as exc:

@@ -126,12 +126,12 @@ def plan_run(
     other = unprocessed(inventory.other_type, state.processed)
     if candidates.height == 0:
         raise RunAborted(no_new_files_message(spec, input_storage, inventory, other))
-    if other.height:
-        log(
-            f"skipping {other.height} file(s) that are not {spec.type.lower()}: "
-            + ", ".join(other["raw_key"].head(5).to_list())
-            + (" ..." if other.height > 5 else "")
-        )
+    unsafe = other.filter(pl.col("media_type") == "UNSAFE_KEY")
+    wrong_type = other.filter(pl.col("media_type") != "UNSAFE_KEY")
+    for skipped, what in ((wrong_type, f"that are not {spec.type.lower()}"), (unsafe, "with unsafe keys")):
+        if skipped.height:
+            names = ", ".join(repr(k) for k in skipped["raw_key"].head(5).to_list())
+            log(f"skipping {skipped.height} file(s) {what}: {names}" + (" ..." if skipped.height > 5 else ""))
     return RunPlan(
         candidates=candidates.sort(["shard_id", "raw_key"]),
         other_type=other,

@@ -13,6 +13,7 @@ from datapool_pipeline.config import RunConfig
 from datapool_pipeline.datapool import INITIAL_TAG, DatapoolState, DatapoolStore, tables
 from datapool_pipeline.datasets import DatasetSpec
 from datapool_pipeline.errors import RunAborted
+from datapool_pipeline.media.kinds import UNSAFE_KEY_REASON
 from datapool_pipeline.selection import greedy_k_center, samples_to_select
 from datapool_pipeline.workflow.discovery import RunPlan, check_use_datapool, unprocessed
 from datapool_pipeline.workflow.faults import fault_point
@@ -198,6 +199,8 @@ def _processed_rows(plan: RunPlan, store: DatapoolStore, tag: str, dataset_type:
         pl.lit("skipped").alias("status"),
         pl.when(pl.col("media_type") == "OTHER")
         .then(pl.lit("not an image or video file"))
+        .when(pl.col("media_type") == "UNSAFE_KEY")
+        .then(pl.lit(UNSAFE_KEY_REASON))
         .otherwise(pl.format("{} file in a {} dataset", pl.col("media_type"), pl.lit(dataset_type)))
         .alias("error"),
         pl.lit(0, dtype=pl.Int64).alias("frames"),
