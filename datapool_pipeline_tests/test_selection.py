@@ -83,14 +83,18 @@ def test_hnsw_seeding_agrees_with_exact() -> None:
     rng = np.random.default_rng(5)
     cands, pool = unit(rng, 2000, 32), unit(rng, 3000, 32)
     exact = exact_nearest_sq_distance(cands, pool)
-    approx = hnsw_nearest_sq_distance(cands, pool)
+    approx = hnsw_nearest_sq_distance(cands, pool, ef=128)
     recall = np.mean(np.isclose(approx, exact, atol=1e-5))
     assert recall >= 0.99
     assert np.all(approx >= exact - 1e-5)  # an approximate neighbour is never nearer than the true one
+    # The production setting (ef 32) trades recall on this hard data (uniform on the 32-d sphere) for
+    # speed; the selector verifies candidates that reach the top, so its picks stay exact.
     # A multi-threaded hnswlib build is not bit-reproducible, so compare the dispatch with the truth.
     via_dispatch = nearest_pool_distance(cands, pool, exact_max_pairs=0)
-    assert np.mean(np.isclose(via_dispatch, exact, atol=1e-5)) >= 0.99
+    assert np.mean(np.isclose(via_dispatch, exact, atol=1e-5)) >= 0.95
     assert np.all(via_dispatch >= exact - 1e-5)
+    picks_exact = greedy_k_center(cands, 100, pool=pool).picks
+    assert greedy_k_center(cands, 100, pool=pool, exact_max_pairs=0).picks == picks_exact
 
 
 @pytest.mark.parametrize(

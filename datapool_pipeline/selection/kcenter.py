@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -23,6 +24,14 @@ _VERIFY_BATCH = 64
 # self-distance 2 - 2 a.a of a 512-d float32 unit vector is up to ~1e-6, not 0. They count as 0 (a
 # duplicate), so a copy of a datapool sample never outranks a genuinely new one by rounding alone.
 DUPLICATE_SQ_DISTANCE = 1e-5
+# hnswlib settings, measured at N = M = 1e5, d = 512 on 2 cores (benchmarks/bench_selection.py): the
+# index builds in ~25 s (once per pool sample when stored, see datapool.pool_index), and a query at ef 32
+# finds the exact nearest pool sample for 99.5% of the candidates in ~8 s (ef 128: 1.0 in ~28 s; exact
+# blocked products: ~70 s). Candidates that reach the top are verified exactly, so lower recall costs
+# verification passes, not correctness: ef 32 gave the fastest whole selection (ef 16: +3%, ef 48: +18%).
+HNSW_EF_CONSTRUCTION = 100
+HNSW_M = 16
+HNSW_EF = 32
 
 
 @dataclass
@@ -53,12 +62,19 @@ def nearest_pool_distance(
     return hnsw_nearest_sq_distance(candidates, pool)
 
 
-def exact_nearest_sq_distance(candidates: np.ndarray, pool: np.ndarray) -> np.ndarray:
-    """Blocked matrix products: memory stays at one block of similarities, never N x M."""
+def exact_nearest_sq_distance(
+    candidates: np.ndarray, pool: np.ndarray, *, block_bytes: int | None = None
+) -> np.ndarray:
+    """Blocked matrix products: memory stays at one block of similarities, never N x M.
+
+    One block of similarities at a time: `block_bytes`, by default at most 64 MiB and at most a quarter
+    of the candidates' size (so peak memory stays a fraction of the candidate matrix).
+    """
     n, m = len(candidates), len(pool)
     out = np.empty(n, dtype=np.float32)
-    # One block of similarities at a time: at most 64 MiB, and at most a quarter of the candidates' size.
-    rows = max(1, min(_BLOCK_BYTES, max(1 << 20, candidates.nbytes // 4)) // (4 * m))
+    if block_bytes is None:
+        block_bytes = min(_BLOCK_BYTES, max(1 << 20, candidates.nbytes // 4))
+    rows = max(1, block_bytes // (4 * m))
     for start in range(0, n, rows):
         sims = candidates[start : start + rows] @ pool.T
         out[start : start + rows] = 2.0 - 2.0 * sims.max(axis=1)
@@ -75,25 +91,26 @@ def hnsw_nearest_sq_distance(
     candidates: np.ndarray,
     pool: np.ndarray,
     *,
-    ef: int = 48,
-    ef_construction: int = 64,
-    m_links: int = 16,
+    ef: int | None = None,
+    ef_construction: int | None = None,
+    m_links: int | None = None,
     threads: int = -1,
+    index: Any = None,
 ) -> np.ndarray:
     """Approximate nearest pool sample with an hnswlib index over the pool: an upper bound on the
     exact squared distance (it is the distance to a real pool sample).
 
-    Index settings measured at N = M = 1e5, d = 512 on 2 cores (benchmarks/bench_selection.py):
-    ef_construction 64 / ef 48 finds the exact nearest sample for 99.6% of the candidates in 26 s,
-    against 60 s for 128 / 128 (recall 1.0) and 71 s for exact blocked products; the greedy loop
-    verifies every candidate that reaches the top, so the picks stay exact either way.
+    `index`: a prebuilt index over `pool` whose labels are its row numbers (datapool.pool_index);
+    otherwise one is built here with the same settings (HNSW_*).
     """
-    import hnswlib
+    if index is None:
+        import hnswlib
 
-    index = hnswlib.Index(space="ip", dim=pool.shape[1])
-    index.init_index(max_elements=len(pool), ef_construction=ef_construction, M=m_links, random_seed=0)
-    index.add_items(pool, np.arange(len(pool)), num_threads=threads)
-    index.set_ef(ef)
+        index = hnswlib.Index(space="ip", dim=pool.shape[1])
+        index.init_index(max_elements=max(len(pool), 1), ef_construction=ef_construction or HNSW_EF_CONSTRUCTION,
+                         M=m_links or HNSW_M, random_seed=0)
+        index.add_items(pool, np.arange(len(pool)), num_threads=threads)
+    index.set_ef(ef or HNSW_EF)
     labels, _ = index.knn_query(candidates, k=1, num_threads=threads)
     nearest = pool[labels[:, 0]]
     sims = np.einsum("ij,ij->i", candidates, nearest)
@@ -110,6 +127,7 @@ def greedy_k_center(
     seed: int = 0,
     block_rows: int = _BLOCK_ROWS,
     exact_max_pairs: int = EXACT_SEEDING_MAX_PAIRS,
+    pool_index: Any = None,
 ) -> KCenterResult:
     """Pick k candidates, each the farthest from the datapool and the earlier picks.
 
@@ -125,7 +143,8 @@ def greedy_k_center(
     Given `pool` (not `pool_sq_distances`) and more than `exact_max_pairs` candidate x pool pairs,
     the pool distances start as hnswlib upper bounds and are made exact only for the candidates that
     reach the top; the picks stay exact and `pool_distances` is exact for the picks (an upper bound
-    for the others).
+    for the others). `pool_index`, a prebuilt hnswlib index over `pool` (labels = row numbers), is
+    queried instead of building one.
     """
     candidates = _as_unit_float32(candidates)
     n = len(candidates)
@@ -137,7 +156,7 @@ def greedy_k_center(
         if len(pool) and n * len(pool) > exact_max_pairs:
             # hnswlib gives upper bounds (a real pool sample, maybe not the nearest); each candidate
             # that reaches the top gets its exact distance before it can be picked: exact picks.
-            pool_sq_distances = hnsw_nearest_sq_distance(candidates, pool)
+            pool_sq_distances = hnsw_nearest_sq_distance(candidates, pool, index=pool_index)
             verify_pool = pool
         else:
             pool_sq_distances = nearest_pool_distance(candidates, pool, exact_max_pairs=exact_max_pairs)
@@ -200,7 +219,9 @@ class _LazyDistances:
         rows = rows[~self.pool_exact[rows]]
         if len(rows) == 0 or self.pool is None:
             return
-        exact = exact_nearest_sq_distance(self.x[rows], self.pool)
+        # A few rows: one pass over the pool for all of them (the pool read, not the arithmetic, is the
+        # cost), instead of the memory-saving row blocks meant for the whole candidate matrix.
+        exact = exact_nearest_sq_distance(self.x[rows], self.pool, block_bytes=4 * len(rows) * len(self.pool))
         self.pool_sq[rows] = exact
         self.pool_exact[rows] = True
         self.d2[rows] = np.minimum(self.d2[rows], exact)

@@ -11,10 +11,11 @@ import polars as pl
 
 from datapool_pipeline.config import RunConfig
 from datapool_pipeline.datapool import INITIAL_TAG, DatapoolState, DatapoolStore, tables
+from datapool_pipeline.datapool.pool_index import load_pool_index
 from datapool_pipeline.datasets import DatasetSpec
 from datapool_pipeline.errors import RunAborted
 from datapool_pipeline.media.kinds import UNSAFE_KEY_REASON
-from datapool_pipeline.selection import greedy_k_center, samples_to_select
+from datapool_pipeline.selection import greedy_k_center, kcenter, samples_to_select
 from datapool_pipeline.workflow.discovery import RunPlan, check_use_datapool, unprocessed
 from datapool_pipeline.workflow.faults import fault_point
 from datapool_pipeline.workflow.progress import Log, no_log
@@ -67,26 +68,27 @@ def load_candidate_embeddings(
 
 def pool_embeddings(
     spec: DatasetSpec, store: DatapoolStore, state: DatapoolState, fingerprint: str, dim: int
-) -> np.ndarray:
-    """The datapool's embeddings in the current model's space."""
+) -> tuple[np.ndarray, list[str]]:
+    """The datapool's embeddings in the current model's space, and the sample id of each row."""
     if state.size == 0:
-        return np.empty((0, dim), np.float32)
+        return np.empty((0, dim), np.float32), []
     if state.commits[-1].embedding_model == fingerprint:
-        return tables.embeddings_matrix(state.samples, dim)
+        return tables.embeddings_matrix(state.samples, dim), state.samples["sample_id"].to_list()
     # The dataset's model changed: use the pool samples' shards re-embedded with the new model.
     registry = store.read_registry()
     pool = state.samples.select(_ID)
     shards = registry.join(pool.select(["raw_key", "raw_version"]).unique(), on=["raw_key", "raw_version"], how="semi")
     parts = [store.read_shard_embeddings(s, fingerprint) for s in shards["shard_id"].unique().to_list()]
     found = pl.concat([p for p in parts if p is not None]) if any(p is not None for p in parts) else None
-    matched = pool.join(found, on=_ID, how="inner") if found is not None else pool.clear()
+    pool = state.samples.select(["sample_id", *_ID])
+    matched = pool.join(found, on=_ID, how="inner", maintain_order="left") if found is not None else pool.clear()
     if matched.height < pool.height:
         raise RunAborted(
             f"the embedding model changed from {state.commits[-1].embedding_model} to {fingerprint} and "
             f"{pool.height - matched.height} datapool samples have no embedding in the new model yet: "
             "backfill the embeddings asset over all shards, then run again"
         )
-    return tables.embeddings_matrix(matched, dim)
+    return tables.embeddings_matrix(matched, dim), matched["sample_id"].to_list()
 
 
 def select_for_run(
@@ -129,16 +131,22 @@ def select_for_run(
     if run_config.n_samples is not None and run_config.n_samples > new.height:
         log(f"n_samples is {run_config.n_samples} but only {new.height} new samples exist: selecting all")
     candidates = tables.embeddings_matrix(new, dim)
-    pool = pool_embeddings(spec, store, state, fingerprint, dim)
+    pool, pool_ids = pool_embeddings(spec, store, state, fingerprint, dim)
     log(f"selecting {k} of {new.height} new samples against a datapool of {len(pool)}")
-    result = greedy_k_center(candidates, k, pool=pool, seed=spec.seed)
+    # Large pools are seeded with hnswlib: the index over the datapool is kept between runs.
+    exact_max_pairs = kcenter.EXACT_SEEDING_MAX_PAIRS
+    index = None
+    if len(pool) and len(candidates) * len(pool) > exact_max_pairs:
+        index = load_pool_index(store, pool, pool_ids, fingerprint, log=log)
+    seeding = {"pool": pool, "pool_index": index, "exact_max_pairs": exact_max_pairs, "seed": spec.seed}
+    result = greedy_k_center(candidates, k, **seeding)
     adopted = 0
     orphans = _orphans(spec, store, state, new)
     if orphans and not set(orphans) <= set(result.picks):
         # Frames uploaded by a crashed run: keep them (they count towards k) and pick the rest.
         adopted = min(len(orphans), k)
         log(f"adopting {adopted} frame(s) uploaded by an earlier run that crashed before committing")
-        result = greedy_k_center(candidates, k, pool=pool, seed=spec.seed, preselected=orphans)
+        result = greedy_k_center(candidates, k, preselected=orphans, **seeding)
     tag = tag_name(started_at, state.tags)
     picks = new[result.picks].with_columns(
         pl.lit(tag).alias("tag"),
