@@ -12,6 +12,7 @@ Layout (under the output datasource):
     datapool/shards/<shard>/embeddings/<model>.parquet   cached embeddings per model
     datapool/staging/<run id>.parquet|.json          a selection not yet committed
     datapool/reports/<tag>/...                       report.json, report.pdf, embedding_view.html
+    datapool/index/<model>.hnsw|.json                hnswlib index over the datapool (cache, pool_index.py)
 
 A tag exists exactly when its commit manifest exists: the manifest is the last write of a run and
 is created atomically only if absent, so two runs can never both commit the same sequence number.

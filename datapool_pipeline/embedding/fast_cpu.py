@@ -6,6 +6,9 @@ by one fused QKV `Linear` + `scaled_dot_product_attention` (same maths, fewer co
 AVX2, cosine to fp32 > 0.999; the default, `embedding.precision: auto`), and the last block of a
 class-token ViT runs for that token only. bf16 autocast is only worth it with native bf16 instructions
 (AVX512_BF16 / AMX); without them it is ~10x slower, so it is never chosen automatically.
+On a 2-core AVX-512 machine with VNNI and AVX512_BF16 (ViT-B-32 image tower, batch 32, model only):
+fp32 eager 19.8 images/s, fused fp32 20.6, bf16 autocast 42.5 (cosine 0.9999), int8 66.6 (cosine
+0.9998): int8 stays the automatic choice there too.
 """
 
 from __future__ import annotations

@@ -28,7 +28,7 @@ DUPLICATE_SQ_DISTANCE = 1e-5
 # index builds in ~25 s (once per pool sample when stored, see datapool.pool_index), and a query at ef 32
 # finds the exact nearest pool sample for 99.5% of the candidates in ~8 s (ef 128: 1.0 in ~28 s; exact
 # blocked products: ~70 s). Candidates that reach the top are verified exactly, so lower recall costs
-# verification passes, not correctness: ef 32 gave the fastest whole selection (ef 16: +3%, ef 48: +18%).
+# verification passes, not correctness: ef 16 and ef 32 gave the same whole-selection time.
 HNSW_EF_CONSTRUCTION = 100
 HNSW_M = 16
 HNSW_EF = 32
