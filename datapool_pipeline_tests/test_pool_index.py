@@ -106,3 +106,35 @@ def test_pipeline_with_hnsw_seeding_selects_what_exact_seeding_selects(
             assert index_files == []
     assert [len(t) for t in tags["exact"]] == [20, 15, 10]
     assert tags["hnsw"] == tags["exact"]
+
+
+def test_model_change_reembeds_the_pool_and_uses_a_new_index(
+    cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After the dataset's model changes, the pool is read from the re-embedded shards (same row order),
+    a run that has not re-embedded the pool aborts, and the index is kept per model."""
+    monkeypatch.setattr(kcenter, "EXACT_SEEDING_MAX_PAIRS", 0)
+    inp, out = tmp_path / "in", tmp_path / "out"
+    add_videos(inp, ["a.mp4", "b.mp4"], seconds=2)
+    yaml_path = write_datasets_yaml(tmp_path / "datasets.yaml", "pool", "VIDEOS", str(inp), str(out))
+    ds = ("--datasets", str(yaml_path), "run", "pool")
+    assert cli(*ds, "--n-samples", "10").code == 0
+    add_videos(inp, ["c.mp4"], first_source=2, seconds=2)
+    assert cli(*ds, "--use-datapool", "--n-samples", "5").code == 0  # index of the first model: 10 rows
+    # Another embedding space. (A second file: in one process Dagster reuses the job it reconstructed
+    # for the same arguments, so an edit of the first file would not be seen by this in-process CLI.)
+    changed = tmp_path / "changed.yaml"
+    changed.write_text(yaml_path.read_text() + "      seed: 1\n")
+    ds = ("--datasets", str(changed), "run", "pool")
+    add_videos(inp, ["d.mp4"], first_source=3, seconds=2)
+
+    stale = cli(*ds, "--use-datapool", "--n-samples", "5")
+    assert stale.code == 1 and "backfill the embeddings asset" in stale.err
+    again = cli(*ds, "--use-datapool", "--process-all", "--n-samples", "5")
+
+    assert again.code == 0, again.err
+    assert "building the datapool's hnswlib index over 15 samples" in again.err
+    state = DatapoolStore(LocalStorage(out)).load_state()
+    assert state.size == 20 and state.samples["sample_id"].n_unique() == 20
+    assert sorted(p.stem for p in (out / INDEX_PREFIX).glob("*.json")) == [
+        "ViT-S-32--none-seed0", "ViT-S-32--none-seed1"]

@@ -76,11 +76,10 @@ def pool_embeddings(
         return tables.embeddings_matrix(state.samples, dim), state.samples["sample_id"].to_list()
     # The dataset's model changed: use the pool samples' shards re-embedded with the new model.
     registry = store.read_registry()
-    pool = state.samples.select(_ID)
+    pool = state.samples.select(["sample_id", *_ID])
     shards = registry.join(pool.select(["raw_key", "raw_version"]).unique(), on=["raw_key", "raw_version"], how="semi")
     parts = [store.read_shard_embeddings(s, fingerprint) for s in shards["shard_id"].unique().to_list()]
     found = pl.concat([p for p in parts if p is not None]) if any(p is not None for p in parts) else None
-    pool = state.samples.select(["sample_id", *_ID])
     matched = pool.join(found, on=_ID, how="inner", maintain_order="left") if found is not None else pool.clear()
     if matched.height < pool.height:
         raise RunAborted(
