@@ -23,10 +23,10 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks._common import max_rss_bytes, timed, traced, write_result  # noqa: E402
-from datapool_pipeline.datapool.pool_index import new_index  # noqa: E402
 from datapool_pipeline.selection.kcenter import (  # noqa: E402
     EXACT_SEEDING_MAX_PAIRS,
     KCenterResult,
+    build_hnsw_index,
     exact_nearest_sq_distance,
     greedy_k_center,
     hnsw_nearest_sq_distance,
@@ -104,7 +104,7 @@ def compare(n: int, m: int, k: int, d: int, seed: int = 0) -> dict[str, object]:
     print(f"  ours hnsw+verify {prod_s:.1f}s", flush=True)
     # Production steady state: the datapool's index was stored by earlier runs (datapool/index/), so a
     # run loads it and queries it; its build is paid once per pool sample, not once per run.
-    index, build_s = timed(lambda: _stored_index(pool))
+    index, build_s = timed(lambda: build_hnsw_index(pool))
     stored, stored_s, stored_peak = traced(
         lambda: greedy_k_center(cands, k, pool=pool, exact_max_pairs=0, pool_index=index)
     )
@@ -135,12 +135,6 @@ def compare(n: int, m: int, k: int, d: int, seed: int = 0) -> dict[str, object]:
     }
 
 
-def _stored_index(pool: np.ndarray):  # noqa: ANN202 - an hnswlib.Index
-    index = new_index(pool.shape[1], len(pool))
-    index.add_items(pool, np.arange(len(pool)), num_threads=-1)
-    return index
-
-
 def scaling(n: int, k: int, d: int) -> dict[str, object]:
     """The production path at N = M = n: exact seeding below EXACT_SEEDING_MAX_PAIRS, else the stored
     hnswlib index (its one-off build reported separately)."""
@@ -148,7 +142,7 @@ def scaling(n: int, k: int, d: int) -> dict[str, object]:
     centers = rng.normal(size=(max(100, n // 50), d)).astype(np.float32)
     centers /= np.linalg.norm(centers, axis=1, keepdims=True)
     cands, pool = embeddings(rng, n, d, centers), embeddings(rng, n, d, centers)
-    index, build_s = (None, 0.0) if n * n <= EXACT_SEEDING_MAX_PAIRS else timed(lambda: _stored_index(pool))
+    index, build_s = (None, 0.0) if n * n <= EXACT_SEEDING_MAX_PAIRS else timed(lambda: build_hnsw_index(pool))
     result, seconds, peak = traced(lambda: greedy_k_center(cands, k, pool=pool, pool_index=index))
     row = {"n": n, "m": n, "k": k, "seconds": seconds, "peak_bytes": peak,
            "peak_over_candidates": peak / cands.nbytes, "picks": len(result.picks),

@@ -25,15 +25,14 @@ from typing import Any
 import numpy as np
 
 from datapool_pipeline.datapool.store import ROOT, DatapoolStore
-from datapool_pipeline.selection.kcenter import HNSW_EF_CONSTRUCTION, HNSW_M
+from datapool_pipeline.selection.kcenter import HNSW_EF_CONSTRUCTION, HNSW_M, build_hnsw_index
 
+INDEX_PREFIX = f"{ROOT}/index"
 Log = Callable[[str], None]
 
 
 def _silent(_: str) -> None:
     return None
-
-INDEX_PREFIX = f"{ROOT}/index"
 
 
 @dataclass(frozen=True)
@@ -64,24 +63,14 @@ def load_pool_index(
     index, meta = _read(store, base, fingerprint, dim, pool_ids, len(pool))
     if index is None:
         log(f"building the datapool's hnswlib index over {len(pool)} samples")
-        index = new_index(dim, len(pool))
-        start = 0
+        index = build_hnsw_index(pool)
+    elif meta.size < len(pool):
+        log(f"datapool index: {meta.size} samples stored, adding {len(pool) - meta.size} committed since")
+        new_rows = np.ascontiguousarray(pool[meta.size :], np.float32)
+        index.add_items(new_rows, np.arange(meta.size, len(pool)), num_threads=-1)
     else:
-        start = meta.size
-        if start < len(pool):
-            log(f"datapool index: {start} samples stored, adding {len(pool) - start} committed since")
-    if start < len(pool):
-        index.add_items(np.ascontiguousarray(pool[start:], np.float32), np.arange(start, len(pool)), num_threads=-1)
-        _write(store, base, index, IndexMeta(fingerprint, dim, len(pool), ids_digest(pool_ids)))
-    return index
-
-
-def new_index(dim: int, capacity: int) -> Any:
-    """An empty inner-product hnswlib index with the datapool index's settings."""
-    import hnswlib
-
-    index = hnswlib.Index(space="ip", dim=dim)
-    index.init_index(max_elements=max(capacity, 1), ef_construction=HNSW_EF_CONSTRUCTION, M=HNSW_M, random_seed=0)
+        return index
+    _write(store, base, index, IndexMeta(fingerprint, dim, len(pool), ids_digest(pool_ids)))
     return index
 
 

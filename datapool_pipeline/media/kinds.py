@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Literal
 
+from datapool_pipeline.storage.base import is_safe_key
+
 MediaKind = Literal["IMAGES", "VIDEOS", "OTHER", "UNSAFE_KEY"]
 UNSAFE_KEY_REASON = "unsafe key (a '..' or '.' segment, an empty segment or a leading '/'): never used as a path"
 
@@ -18,8 +20,7 @@ VIDEO_EXTENSIONS = frozenset(
 def media_kind(key: str) -> MediaKind:
     """IMAGES / VIDEOS by extension, OTHER, or UNSAFE_KEY for a bucket key that could escape a folder
     (`../x.mp4`, `/x.mp4`, `a//x.mp4`): such objects are skipped and reported, never read or written."""
-    segments = key.split("/")
-    if not key or key.startswith("/") or any(s in ("", ".", "..") for s in segments):
+    if not is_safe_key(key):
         return "UNSAFE_KEY"
     name = key.rsplit("/", 1)[-1].lower()
     ext = "." + name.rsplit(".", 1)[-1] if "." in name else ""

@@ -87,13 +87,27 @@ def _snap_duplicates(d2: np.ndarray) -> np.ndarray:
     return d2
 
 
+def new_hnsw_index(dim: int, capacity: int) -> Any:
+    """An empty inner-product hnswlib index with the HNSW_* settings."""
+    import hnswlib
+
+    index = hnswlib.Index(space="ip", dim=dim)
+    index.init_index(max_elements=max(capacity, 1), ef_construction=HNSW_EF_CONSTRUCTION, M=HNSW_M, random_seed=0)
+    return index
+
+
+def build_hnsw_index(vectors: np.ndarray, *, threads: int = -1) -> Any:
+    """An hnswlib index over `vectors`, labels = row numbers."""
+    index = new_hnsw_index(vectors.shape[1], len(vectors))
+    index.add_items(np.ascontiguousarray(vectors, np.float32), np.arange(len(vectors)), num_threads=threads)
+    return index
+
+
 def hnsw_nearest_sq_distance(
     candidates: np.ndarray,
     pool: np.ndarray,
     *,
-    ef: int | None = None,
-    ef_construction: int | None = None,
-    m_links: int | None = None,
+    ef: int = HNSW_EF,
     threads: int = -1,
     index: Any = None,
 ) -> np.ndarray:
@@ -104,13 +118,8 @@ def hnsw_nearest_sq_distance(
     otherwise one is built here with the same settings (HNSW_*).
     """
     if index is None:
-        import hnswlib
-
-        index = hnswlib.Index(space="ip", dim=pool.shape[1])
-        index.init_index(max_elements=max(len(pool), 1), ef_construction=ef_construction or HNSW_EF_CONSTRUCTION,
-                         M=m_links or HNSW_M, random_seed=0)
-        index.add_items(pool, np.arange(len(pool)), num_threads=threads)
-    index.set_ef(ef or HNSW_EF)
+        index = build_hnsw_index(pool, threads=threads)
+    index.set_ef(ef)
     labels, _ = index.knn_query(candidates, k=1, num_threads=threads)
     nearest = pool[labels[:, 0]]
     sims = np.einsum("ij,ij->i", candidates, nearest)

@@ -76,9 +76,14 @@ class Storage(abc.ABC):
         return f"{self.uri.rstrip('/')}/{key}" if key else self.uri
 
 
+def is_safe_key(key: str) -> bool:
+    """False for keys that could escape the datasource root: empty, a leading '/', or a '', '.' or '..'
+    segment (legal object names on S3, GCS and Azure, but never usable as paths)."""
+    return bool(key) and not key.startswith("/") and not any(p in ("", ".", "..") for p in key.split("/"))
+
+
 def check_key(key: str) -> str:
     """Reject keys that could escape the datasource root."""
-    parts = key.split("/")
-    if not key or key.startswith("/") or any(p in ("", ".", "..") for p in parts):
+    if not is_safe_key(key):
         raise ValueError(f"invalid storage key {key!r}")
     return key

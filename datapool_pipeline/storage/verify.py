@@ -11,8 +11,7 @@ import os
 import uuid
 
 from datapool_pipeline.errors import ConfigError
-from datapool_pipeline.media.kinds import media_kind
-from datapool_pipeline.storage.base import Storage, StorageError
+from datapool_pipeline.storage.base import Storage, StorageError, is_safe_key
 from datapool_pipeline.storage.local import LocalStorage
 from datapool_pipeline.storage.objectstore import ObjectStore
 from datapool_pipeline.storage.secrets import redact
@@ -37,7 +36,7 @@ def check_read(dataset: str, storage: Storage) -> None:
         listing = storage.list()
         # The first readable object among the first few (keys that could escape a folder are skipped).
         first = next(
-            (i for i in itertools.islice(listing, 100) if i.size > 0 and media_kind(i.key) != "UNSAFE_KEY"), None
+            (i for i in itertools.islice(listing, 100) if i.size > 0 and is_safe_key(i.key)), None
         )
         listing.close()
         if first is not None:
