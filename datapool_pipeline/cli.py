@@ -93,7 +93,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _tags(spec: DatasetSpec) -> int:
-    state = DatapoolStore(open_storage(spec.output)).load_state()
+    store = DatapoolStore(open_storage(spec.output))
+    store.check_owner(spec.name, spec.type, claim=False)
+    state = store.load_state()
     width = max([len(INITIAL_TAG), *(len(c.tag) for c in state.commits)])
     for commit in reversed(state.commits):
         print(f"{commit.tag:<{width}}  {commit.n_samples}")
@@ -103,6 +105,7 @@ def _tags(spec: DatasetSpec) -> int:
 
 def _export(spec: DatasetSpec, tag: str, uri: bool) -> int:
     store = DatapoolStore(open_storage(spec.output))
+    store.check_owner(spec.name, spec.type, claim=False)
     samples = store.load_state().tag_samples(tag)
     base = open_storage(spec.input if spec.type == "IMAGES" else spec.output)
     out = sys.stdout

@@ -136,7 +136,28 @@ def parse_datasets(raw: Any, base_dir: Path, source: str = "datasets.yaml") -> d
             )
         prefixes[spec.asset_prefix] = spec.name
         specs[spec.name] = spec
+    _check_outputs_apart(specs, source)
     return specs
+
+
+def locations_overlap(a: str, b: str) -> bool:
+    """True when one location is the other or lies inside it (compared by whole path segments)."""
+    a, b = a.rstrip("/") + "/", b.rstrip("/") + "/"
+    return a.startswith(b) or b.startswith(a)
+
+
+def _check_outputs_apart(specs: dict[str, DatasetSpec], source: str) -> None:
+    """Each dataset's datapool lives alone in its output: two datasets writing into one location would
+    mix their tags, samples and exports."""
+    names = list(specs)
+    for i, first in enumerate(names):
+        for second in names[i + 1 :]:
+            a, b = specs[first].output, specs[second].output
+            if locations_overlap(a, b):
+                raise ConfigError(
+                    f"{source}: datasets.{first}.output ({a}) and datasets.{second}.output ({b}) overlap: each "
+                    "dataset needs its own output location, or their datapools would mix"
+                )
 
 
 def _parse_dataset(name: str, body: Any, base_dir: Path, source: str) -> DatasetSpec:
@@ -158,8 +179,11 @@ def _parse_dataset(name: str, body: Any, base_dir: Path, source: str) -> Dataset
             raise ConfigError(f"{where}.{key}: required, a folder path or s3:// gs:// az:// prefix")
     input_uri = _resolve_location(body["input"], base_dir)
     output_uri = _resolve_location(body["output"], base_dir)
-    if input_uri.rstrip("/") == output_uri.rstrip("/"):
-        raise ConfigError(f"{where}: input and output must be different locations")
+    if locations_overlap(input_uri, output_uri):
+        raise ConfigError(
+            f"{where}: input ({input_uri}) and output ({output_uri}) overlap: the output must be neither the "
+            "input nor inside it (its frames would be listed as new raw files), and not contain it"
+        )
     embedding = _parse_embedding(body.get("embedding") or {}, f"{where}.embedding")
     video = _parse_video(body.get("video") or {}, f"{where}.video")
     images_per_shard = body.get("images_per_shard", 256)

@@ -58,6 +58,7 @@ def prepare_run(
     input_storage = open_storage(spec.input)
     if not spec.bypass_verify:
         verify_access(spec.name, input_storage, store.storage)
+    store.check_owner(spec.name, spec.type, claim=True)
     check_use_datapool(spec, store, run_config.use_datapool)
     inventory = list_inventory(spec, input_storage, log)
     state = store.load_state()
@@ -191,6 +192,7 @@ def scan_new_files(
     is requested again under the same shard id and run key.
     """
     settings = spec.sensor
+    store.check_owner(spec.name, spec.type, claim=True)
     listed, resume = list_slice(input_storage, cursor.after, settings.max_objects_per_tick)
     files = listed.filter(pl.col("media_type") == spec.type)
     todo = unprocessed(files, store.load_state().processed)

@@ -13,6 +13,7 @@ Layout (under the output datasource):
     datapool/staging/<run id>.parquet|.json          a selection not yet committed
     datapool/reports/<tag>/...                       report.json, report.pdf, embedding_view.html
     datapool/index/<model>.hnsw|.json                hnswlib index over the datapool (cache, pool_index.py)
+    datapool/dataset.json                            which dataset (name, type) owns this datapool
 
 A tag exists exactly when its commit manifest exists: the manifest is the last write of a run and
 is created atomically only if absent, so two runs can never both commit the same sequence number.
@@ -30,7 +31,7 @@ from typing import Any
 import polars as pl
 
 from datapool_pipeline.datapool import tables
-from datapool_pipeline.errors import ConcurrentCommitError, DatapoolError
+from datapool_pipeline.errors import ConcurrentCommitError, ConfigError, DatapoolError
 from datapool_pipeline.storage import Storage
 
 INITIAL_TAG = "initial-tag"
@@ -56,6 +57,13 @@ class Commit:
     config: dict[str, Any] = field(default_factory=dict)
     adopted: int = 0
     format: int = FORMAT_VERSION
+
+
+IDENTITY_KEY = f"{ROOT}/dataset.json"
+
+
+class ForeignDatapoolError(ConfigError):
+    """The output holds the datapool of another dataset (or of this dataset under another type)."""
 
 
 def _commit_key(seq: int) -> str:
@@ -109,6 +117,51 @@ class DatapoolState:
 class DatapoolStore:
     def __init__(self, storage: Storage) -> None:
         self.storage = storage
+
+    # ---- ownership -----------------------------------------------------------------------------
+
+    def owner(self) -> dict[str, str] | None:
+        """The dataset (name, type) this datapool belongs to, or None if no run has claimed it yet."""
+        if not self.storage.exists(IDENTITY_KEY):
+            return None
+        try:
+            body = json.loads(self.storage.read_bytes(IDENTITY_KEY))
+            return {"name": str(body["name"]), "type": str(body["type"])}
+        except (ValueError, KeyError, TypeError):
+            raise DatapoolError(
+                f"{self.storage.display(IDENTITY_KEY)} is damaged (expected JSON with name and type): restore it "
+                "or delete it to let the next run claim this datapool again"
+            ) from None
+
+    def check_owner(self, name: str, dataset_type: str, *, claim: bool) -> None:
+        """Refuse a datapool that belongs to another dataset or was built with another type.
+
+        With `claim`, an unclaimed datapool is recorded as `name`'s (put-if-absent, so two datasets
+        racing for one output cannot both win). A datapool written before ownership was recorded is
+        claimed by the first dataset of the same type that runs on it."""
+        found = self.owner()
+        if found is None and claim:
+            legacy = self.load_commits()
+            if legacy and legacy[-1].dataset_type != dataset_type:
+                found = {"name": "?", "type": legacy[-1].dataset_type}
+            else:
+                body = json.dumps({"name": name, "type": dataset_type}, sort_keys=True).encode()
+                if not self.storage.put_if_absent(IDENTITY_KEY, body):
+                    found = self.owner()
+        if found is None:
+            return
+        where = self.storage.display()
+        if found["name"] not in (name, "?"):
+            raise ForeignDatapoolError(
+                f"output {where} holds the datapool of dataset {found['name']!r} ({found['type']}), not of "
+                f"{name!r}: give each dataset its own output"
+            )
+        if found["type"] != dataset_type:
+            raise ForeignDatapoolError(
+                f"dataset {name!r} is {dataset_type} in datasets.yaml but its datapool in {where} holds "
+                f"{found['type']}: a dataset's type is fixed for its life; restore type: {found['type']} or "
+                "use a new output"
+            )
 
     # ---- commits -------------------------------------------------------------------------------
 

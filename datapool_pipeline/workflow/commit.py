@@ -28,6 +28,7 @@ def commit_staged(
     run_id: str,
     log: Log = no_log,
 ) -> Commit:
+    store.check_owner(spec.name, spec.type, claim=False)  # last line of defence against mixing
     commits = store.load_commits()
     for commit in commits:
         if commit.staging_id == staging_id:

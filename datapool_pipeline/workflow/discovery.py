@@ -116,6 +116,7 @@ def plan_run(
 ) -> RunPlan:
     """Which files of the run's shards to process: still present with the registered version, and
     (unless process_all) not processed by a committed run."""
+    store.check_owner(spec.name, spec.type, claim=True)
     state = store.load_state()
     store.discard_committed_staging(state.commits)
     inventory = list_inventory(spec, input_storage, log)
