@@ -27,6 +27,8 @@ if [ "$MODE" = "test" ]; then
   apt_install chromium poppler-utils
   # nodejs + npm: Azurite (Azure Blob emulator, package.json) for the object-store tests.
   command -v npm >/dev/null || apt_install nodejs npm
+  # postgresql: a throwaway server on 127.0.0.1 for the Postgres-backed instance test (binaries only).
+  apt_install postgresql
 fi
 
 if [ ! -x .venv/bin/python ]; then
