@@ -13,11 +13,12 @@ from typing import Any
 from datapool_pipeline.config import load_run_config_file, parse_run_config
 from datapool_pipeline.datapool import INITIAL_TAG, DatapoolStore
 from datapool_pipeline.datasets import DATASETS_ENV, DatasetSpec, datasets_file, load_datasets
-from datapool_pipeline.errors import ConfigError, DatapoolError, RunAborted
+from datapool_pipeline.errors import CommittedButIncomplete, ConfigError, DatapoolError, RunAborted
 from datapool_pipeline.storage import open_storage
 
 EXIT_ABORTED = 1
 EXIT_BAD_CONFIG = 2
+EXIT_COMMITTED_INCOMPLETE = 3
 DEFAULT_DAGSTER_HOME = ".dagster_home"
 DEFAULT_INSTANCE_YAML = """\
 # Written by `datapool` for a new DAGSTER_HOME: SQLite storage, one datapool run per dataset at a time.
@@ -87,6 +88,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"datapool: error: {exc}", file=sys.stderr)
         return EXIT_BAD_CONFIG
+    except CommittedButIncomplete as exc:
+        print(f"datapool: committed, incomplete: {exc}", file=sys.stderr)
+        return EXIT_COMMITTED_INCOMPLETE
     except DatapoolError as exc:
         print(f"datapool: aborted: {exc}", file=sys.stderr)
         return EXIT_ABORTED
@@ -215,8 +219,30 @@ def _execute(
         reexecution_options=reexecution,
     ) as result:
         if not result.success:
-            raise RunAborted(_failure_reason(result) + f" (Dagster run {result.run_id})")
+            reason, kind = _failure_reason(result)
+            _raise_failure(spec, instance, result.run_id, reason, kind)
         return result.run_id
+
+
+def _raise_failure(spec: DatasetSpec, instance: Any, run_id: str, reason: str, kind: str) -> None:
+    """A run failed: say whether its tag was committed (then only what came after is missing)."""
+    commit = _group_commit(spec, instance, run_id)
+    if commit is not None:
+        raise CommittedButIncomplete(
+            f"tag {commit.tag} was committed ({commit.n_samples} samples, datapool {commit.datapool_size}), "
+            f"then a later step failed: {reason}; its report is missing or incomplete: `datapool resume "
+            f"{spec.name}` rebuilds it (Dagster run {run_id})"
+        )
+    error = ConfigError if kind == "config" else RunAborted
+    raise error(f"{reason} (Dagster run {run_id})")
+
+
+def _group_commit(spec: DatasetSpec, instance: Any, run_id: str) -> Any:
+    """The commit made by this run or by another attempt of it (re-executions share a run group)."""
+    group = instance.get_run_group(run_id)
+    ids = {r.run_id for r in group[1]} if group else {run_id}
+    commits = DatapoolStore(open_storage(spec.output)).load_commits()
+    return next((c for c in reversed(commits) if c.run_id in ids), None)
 
 
 def _resume(spec: DatasetSpec, args: argparse.Namespace) -> int:
@@ -244,6 +270,7 @@ def _resume(spec: DatasetSpec, args: argparse.Namespace) -> int:
             parent = failed[0]
         if parent.status != dg.DagsterRunStatus.FAILURE:
             raise RunAborted(f"run {parent.run_id} is {parent.status.value}, not failed: nothing to resume")
+        _refuse_superseded(spec, instance, parent.run_id)
         print(f"datapool: resuming run {parent.run_id} from its failed step", file=sys.stderr)
         # Keep the parent's dataset and shard-range tags; the launcher tags are this process's.
         kept = {
@@ -260,6 +287,26 @@ def _resume(spec: DatasetSpec, args: argparse.Namespace) -> int:
     return 0
 
 
+def _refuse_superseded(spec: DatasetSpec, instance: Any, run_id: str) -> None:
+    """A failed run that did not commit, and after whose start another tag was committed, selected
+    against a datapool that no longer exists: re-executing it would commit stale work."""
+    from datetime import datetime, timezone
+
+    if _group_commit(spec, instance, run_id) is not None:
+        return  # its tag is committed: resuming only finishes what came after (the report)
+    record = instance.get_run_record_by_id(run_id)
+    started = record.create_timestamp.replace(microsecond=0) if record else None
+    if started is not None and started.tzinfo is None:
+        started = started.replace(tzinfo=timezone.utc)
+    commits = DatapoolStore(open_storage(spec.output)).load_commits()
+    later = [c for c in commits if started and datetime.fromisoformat(c.created_at) >= started]
+    if later:
+        raise RunAborted(
+            f"run {run_id} was superseded: tag {later[-1].tag} was committed after it started; start a new "
+            f"run instead (`datapool run {spec.name} --use-datapool`)"
+        )
+
+
 def _print_commit(spec: DatasetSpec, run_id: str) -> None:
     state = DatapoolStore(open_storage(spec.output)).load_state()
     commit = next((c for c in reversed(state.commits) if c.run_id == run_id), None)
@@ -274,16 +321,21 @@ def _print_commit(spec: DatasetSpec, run_id: str) -> None:
     )
 
 
-def _failure_reason(result: Any) -> str:
+def _failure_reason(result: Any) -> tuple[str, str]:
+    """The first failed step's one-line reason, and its kind ("config" or "aborted")."""
     for event in result.all_events:
         if event.is_step_failure:
+            user = event.step_failure_data.user_failure_data
+            if user is not None and user.description:
+                kind = user.metadata.get("reason")
+                return user.description, str(kind.value if kind is not None else "aborted")
             error = event.step_failure_data.error
             while error.cause is not None and error.cls_name.startswith("Dagster"):
                 error = error.cause
             message = error.message.strip().splitlines()[0] if error.message else error.cls_name
             # "StorageError: ..." or "datapool_pipeline.storage.base.StorageError: ...": the message only.
-            return re.sub(rf"^(?:[\w.]+\.)?{re.escape(error.cls_name)}: ", "", message)
-    return "the Dagster run failed"
+            return re.sub(rf"^(?:[\w.]+\.)?{re.escape(error.cls_name)}: ", "", message), "aborted"
+    return "the Dagster run failed", "aborted"
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -49,6 +49,7 @@ def build_definitions(datasets_path: str | None = None) -> dg.Definitions:
         jobs=[b.job for b in built.values()],
         sensors=[build_sensor(b) for b in built.values()],
         executor=backfill_executor(),
+        resources={k: v for b in built.values() for k, v in b.resources.items()},
     )
 
 
@@ -56,7 +57,9 @@ def job_for_dataset(dataset: str, datasets_path: str | None = None) -> dg.JobDef
     """Module-level builder so `build_reconstructable_job` can rebuild a dataset's job elsewhere."""
     specs = load_datasets(datasets_path)
     built = build_all({dataset: specs[dataset]})[dataset]
-    defs = dg.Definitions(assets=built.assets, asset_checks=build_datapool_checks(built.spec), jobs=[built.job])
+    defs = dg.Definitions(
+        assets=built.assets, asset_checks=build_datapool_checks(built.spec), jobs=[built.job], resources=built.resources
+    )
     return defs.resolve_job_def(built.job.name)
 
 

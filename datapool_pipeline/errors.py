@@ -16,5 +16,9 @@ class RunAborted(DatapoolError):
     """
 
 
+class CommittedButIncomplete(DatapoolError):
+    """The run committed its tag, then a later step (the report) failed: the datapool is complete."""
+
+
 class ConcurrentCommitError(RunAborted):
     """Another run committed to the same datapool first; this run's tag was not written."""

@@ -12,6 +12,7 @@ from typing import Any
 import dagster as dg
 import polars as pl
 
+from datapool_pipeline.assets import names
 from datapool_pipeline.assets.runs import DATASET_TAG, partition_range_tags
 from datapool_pipeline.config import RunConfig
 from datapool_pipeline.datapool import DatapoolStore, tables
@@ -46,7 +47,7 @@ class PreparedRun:
 
 
 def partitions_name(spec: DatasetSpec) -> str:
-    return f"{spec.asset_prefix}__shards"
+    return names.partitions_name(spec)
 
 
 def prepare_run(

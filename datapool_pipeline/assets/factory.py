@@ -4,17 +4,24 @@ Every asset body is a call into `datapool_pipeline.workflow`; nothing here decid
 """
 
 
+import functools
+import hashlib
+import json
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import dagster as dg
 
+from datapool_pipeline.assets import names
+from datapool_pipeline.assets.io_manager import datapool_io_manager
 from datapool_pipeline.assets.run_config import DatapoolRunConfig
-from datapool_pipeline.assets.runs import DATASET_TAG, run_shard_keys
+from datapool_pipeline.assets.runs import BACKFILL_TAG, DATASET_TAG, run_shard_keys
 from datapool_pipeline.datapool import INITIAL_TAG, DatapoolStore
 from datapool_pipeline.datasets import DatasetSpec
 from datapool_pipeline.embedding import load_model
+from datapool_pipeline.errors import ConfigError, DatapoolError
 from datapool_pipeline.report import build_report, write_report
 from datapool_pipeline.storage import open_storage
 from datapool_pipeline.storage.verify import verify_access
@@ -32,41 +39,71 @@ class DatasetAssets:
     assets: list[dg.AssetsDefinition]
     job: Any  # the unresolved asset job (define_asset_job)
     raw_files_op: str
+    resources: dict[str, Any]
 
 
-@dataclass
-class PlannedRun:
-    """raw_files' output: the plan plus the validated run config, passed along the graph."""
-
-    plan: RunPlan
-    config: dict[str, Any]
+F = TypeVar("F", bound=Callable[..., Any])
 
 
-def pool_name(spec: DatasetSpec) -> str:
-    return f"datapool-{spec.name}"
+def failures_as_reasons(fn: F) -> F:
+    """A DatapoolError leaves the step as a dagster.Failure whose description is the one line the CLI
+    prints, so the run page and GraphQL show the reason instead of a stack trace."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except DatapoolError as exc:
+            kind = "config" if isinstance(exc, ConfigError) else "aborted"
+            raise dg.Failure(description=str(exc), metadata={"reason": kind}, allow_retries=False) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _code_version(*parts: object) -> str:
+    """Changes when what a step computes changes, so the UI marks materialized shards stale."""
+    return hashlib.sha1(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def _storage_kind(uri: str) -> str:
+    return {"s3://": "s3", "gs://": "gcs", "az://": "azure"}.get(uri[:5], "file")
 
 
 def build_dataset_assets(spec: DatasetSpec) -> DatasetAssets:
     prefix = spec.asset_prefix
-    partitions = dg.DynamicPartitionsDefinition(name=f"{prefix}__shards")
+    partitions = dg.DynamicPartitionsDefinition(name=names.partitions_name(spec))
     group = prefix
     input_storage = open_storage(spec.input)
     store = DatapoolStore(open_storage(spec.output))
     kind = "videos" if spec.type == "VIDEOS" else "images"
-    common: dict[str, Any] = {"group_name": group, "kinds": {"python"}, "tags": {DATASET_TAG: spec.name}}
+    io_key = names.io_manager_key(spec)
+    tags = {DATASET_TAG: spec.name}
+    common: dict[str, Any] = {"group_name": group, "tags": tags}
+    frames_version = _code_version(spec.type, spec.video.frame_options(), spec.images_per_shard)
+    embeddings_version = _code_version(frames_version, spec.embedding.fingerprint)
+    retry = dg.RetryPolicy(max_retries=2, delay=10, backoff=dg.Backoff.EXPONENTIAL)
 
     @dg.asset(
         key=[prefix, "raw_files"],
         description=f"The {kind} of {input_storage.display()} this run processes: files new since the last "
         "committed run (exact key + version), or all of them with process_all.",
+        kinds={"python", _storage_kind(spec.input)},
+        io_manager_key=io_key,
         **common,
     )
-    def raw_files(context: dg.AssetExecutionContext, config: DatapoolRunConfig) -> PlannedRun:
+    @failures_as_reasons
+    def raw_files(context: dg.AssetExecutionContext, config: DatapoolRunConfig) -> dict[str, Any]:
         run_config = config.parsed()
         if not spec.bypass_verify:  # runs launched from the UI or a sensor check access here
             verify_access(spec.name, input_storage, store.storage)
         check_use_datapool(spec, store, run_config.use_datapool)
-        shards = run_shard_keys(context, partitions.name or "")
+        if run_config.process_all and BACKFILL_TAG in context.run.tags:
+            # A process_all backfill covers every raw file of the input, registered before or not.
+            from datapool_pipeline.launch import prepare_run
+
+            shards = prepare_run(spec, context.instance, run_config, log=context.log.info).shards
+        else:
+            shards = run_shard_keys(context, partitions.name or "")
         plan = plan_run(spec, store, input_storage, shards, process_all=run_config.process_all, log=context.log.info)
         context.add_output_metadata(
             {
@@ -76,9 +113,10 @@ def build_dataset_assets(spec: DatasetSpec) -> DatasetAssets:
                 "stale_shard_members": plan.stale,
                 "files_in_input": plan.inventory_files,
                 "process_all": run_config.process_all,
+                "dagster/row_count": plan.candidates.height,
             }
         )
-        return PlannedRun(plan=plan, config=run_config.to_dict())
+        return {**plan.as_record(), "config": run_config.to_dict()}
 
     # One run per backfill unless datasets.yaml asks for batches (backfill_shards_per_run).
     per_run = spec.backfill_shards_per_run
@@ -93,21 +131,18 @@ def build_dataset_assets(spec: DatasetSpec) -> DatasetAssets:
             deps=[raw_files],
             description="Per shard: every raw file decoded once; frame manifest (index, timestamp, "
             "brightness) and per-file status. Bad files are skipped and listed, never fatal.",
-            pool=pool_name(spec) + "-decode",
+            pool=names.pool_name(spec, "decode"),
+            kinds={"python", "ffmpeg", "parquet"},
+            code_version=frames_version,
+            retry_policy=retry,
             **common,
         )
+        @failures_as_reasons
         def frames(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
-            total_frames = skipped = 0
-            keys = context.partition_keys
-            for i, shard in enumerate(keys, start=1):
-                result = extract_shard_frames(spec, store, input_storage, shard, log=context.log.info)
-                total_frames += result.frames
-                skipped += len(result.skipped)
-                context.log.info(
-                    f"[{i}/{len(keys)}] shard {shard}: {result.frames} frames"
-                    + (" (cached)" if result.cached else "")
-                )
-            return dg.MaterializeResult(metadata={"frames": total_frames, "files_skipped": skipped})
+            total_frames, skipped = decode_shards(context.partition_keys, context.log.info)
+            return dg.MaterializeResult(
+                metadata={"frames": total_frames, "files_skipped": skipped, "dagster/row_count": total_frames}
+            )
 
         @dg.asset(
             key=[prefix, "embeddings"],
@@ -116,50 +151,72 @@ def build_dataset_assets(spec: DatasetSpec) -> DatasetAssets:
             deps=[frames],
             description=f"Per shard: L2-normalised open_clip {spec.embedding.model} embeddings of every "
             "frame/image, cached per model so they are never recomputed.",
-            pool=pool_name(spec) + "-embed",
+            pool=names.pool_name(spec, "embed"),
+            kinds={"python", "pytorch", "parquet"},
+            code_version=embeddings_version,
+            retry_policy=retry,
             **common,
         )
+        @failures_as_reasons
         def embeddings(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
-            keys = context.partition_keys
-            model = None
-            embedded = computed = 0
-            for i, shard in enumerate(keys, start=1):
-                cached = store.read_shard_embeddings(shard, spec.embedding.fingerprint)
-                if cached is not None:
-                    embedded += cached.height
-                    continue
-                if model is None:
-                    model = load_model(spec.embedding)
-                    context.log.info(f"loaded {spec.embedding.model} on {model.device} (dim {model.dim})")
-                result = embed_shard(spec, store, input_storage, model, shard, log=context.log.info)
-                embedded += result.samples
-                computed += result.samples
-                context.log.info(f"[{i}/{len(keys)}] shard {shard}: {result.samples} embeddings")
+            embedded, computed = embed_shards(context.partition_keys, context.log.info)
             return dg.MaterializeResult(
-                metadata={"embeddings": embedded, "computed_now": computed, "model": spec.embedding.fingerprint}
+                metadata={"embeddings": embedded, "computed_now": computed, "model": spec.embedding.fingerprint,
+                          "dagster/row_count": embedded}
             )
+
+    def decode_shards(keys: list[str], log: Callable[[str], None]) -> tuple[int, int]:
+        total_frames = skipped = 0
+        for i, shard in enumerate(keys, start=1):
+            result = extract_shard_frames(spec, store, input_storage, shard, log=log)
+            total_frames += result.frames
+            skipped += len(result.skipped)
+            log(f"[{i}/{len(keys)}] shard {shard}: {result.frames} frames" + (" (cached)" if result.cached else ""))
+        return total_frames, skipped
+
+    def embed_shards(keys: list[str], log: Callable[[str], None]) -> tuple[int, int]:
+        model = None
+        embedded = computed = 0
+        for i, shard in enumerate(keys, start=1):
+            cached = store.read_shard_embeddings(shard, spec.embedding.fingerprint)
+            if cached is not None:
+                embedded += cached.height
+                continue
+            if model is None:
+                model = load_model(spec.embedding)
+                log(f"loaded {spec.embedding.model} on {model.device} (dim {model.dim})")
+            result = embed_shard(spec, store, input_storage, model, shard, log=log)
+            embedded += result.samples
+            computed += result.samples
+            log(f"[{i}/{len(keys)}] shard {shard}: {result.samples} embeddings")
+        return embedded, computed
 
     @dg.asset(
         key=[prefix, "selection"],
         deps=[embeddings],
         description="The most diverse new samples given the datapool (greedy k-center seeded with each "
         "candidate's distance to its nearest datapool sample), staged for commit.",
-        pool=pool_name(spec),
+        pool=names.pool_name(spec),
+        kinds={"python", "numpy"},
+        io_manager_key=io_key,
         **common,
     )
-    def selection(context: dg.AssetExecutionContext, raw_files: PlannedRun) -> dict[str, Any]:
+    @failures_as_reasons
+    def selection(context: dg.AssetExecutionContext, raw_files: dict[str, Any]) -> dict[str, Any]:
         from datapool_pipeline.config import parse_run_config
         from datapool_pipeline.embedding.model import validate_embedding_spec
 
         validate_embedding_spec(spec.embedding)
+        plan = RunPlan.from_record(raw_files)
+        catch_up(context, plan)
         record = context.instance.get_run_record_by_id(context.run.run_id)
         started = record.create_timestamp if record else None
-        dim = _embedding_dim(store, raw_files.plan, spec)
+        dim = _embedding_dim(store, plan, spec)
         summary = select_for_run(
             spec,
             store,
-            raw_files.plan,
-            parse_run_config(raw_files.config),
+            plan,
+            parse_run_config(raw_files["config"]),
             staging_id=context.run.run_id,
             started_at=started or _now(),
             fingerprint=spec.embedding.fingerprint,
@@ -173,17 +230,38 @@ def build_dataset_assets(spec: DatasetSpec) -> DatasetAssets:
                 "selected": summary.selected,
                 "adopted_from_crashed_run": summary.adopted,
                 "datapool_before": summary.datapool_before,
+                "dagster/row_count": summary.selected,
             }
         )
         return summary.as_dict()
+
+    def catch_up(context: dg.AssetExecutionContext, plan: RunPlan) -> None:
+        """Decode and embed the run's shards that no frames/embeddings step covered (shards a
+        process_all backfill registered after its partitions were fixed), and record them as
+        materializations of those partitions."""
+        fingerprint = spec.embedding.fingerprint
+        shard_ids = plan.candidates["shard_id"].unique(maintain_order=True).to_list()
+        missing = [s for s in shard_ids if not store.storage.exists(store.embeddings_key(s, fingerprint))]
+        if not missing:
+            return
+        context.log.info(f"{len(missing)} shard(s) of this run have no embeddings yet: decoding and embedding them")
+        frames_done, _ = decode_shards(missing, context.log.info)
+        embed_shards(missing, context.log.info)
+        for shard in missing:
+            for name in ("frames", "embeddings"):
+                context.log_event(dg.AssetMaterialization(asset_key=[prefix, name], partition=shard,
+                                                          metadata={"materialized_by": "selection (catch-up)"}))
 
     @dg.asset(
         key=[prefix, "tag"],
         description="Commits the selection: selected frames written as images, then samples + "
         f"embeddings + tag atomically. '{INITIAL_TAG}' is the whole datapool.",
-        pool=pool_name(spec),
+        pool=names.pool_name(spec),
+        kinds={"python", "parquet", _storage_kind(spec.output)},
+        io_manager_key=io_key,
         **common,
     )
+    @failures_as_reasons
     def tag(context: dg.AssetExecutionContext, selection: dict[str, Any]) -> dict[str, Any]:
         commit = commit_staged(
             spec, store, input_storage, selection["staging_id"], run_id=context.run.run_id, log=context.log.info
@@ -195,6 +273,7 @@ def build_dataset_assets(spec: DatasetSpec) -> DatasetAssets:
                 "samples": commit.n_samples,
                 "datapool_size": commit.datapool_size,
                 "raw_files_processed": commit.n_processed,
+                "dagster/row_count": commit.n_samples,
                 "report": dg.MetadataValue.path(f"{report_dir}/report.pdf"),
                 "report_json": dg.MetadataValue.path(f"{report_dir}/report.json"),
                 "embedding_view": dg.MetadataValue.path(f"{report_dir}/embedding_view.html"),
@@ -210,8 +289,11 @@ def build_dataset_assets(spec: DatasetSpec) -> DatasetAssets:
         key=[prefix, "report"],
         description="The tag's run report: report.json (the numbers), report.pdf (summary, distances ours vs "
         "random, embedding view, per-video timeline, thumbnails) and embedding_view.html (interactive).",
+        kinds={"python", "pdf", "html"},
+        io_manager_key=io_key,
         **common,
     )
+    @failures_as_reasons
     def report(context: dg.AssetExecutionContext, tag: dict[str, Any]) -> dg.MaterializeResult:
         from datapool_pipeline.assets.run_timings import step_timings
         from datapool_pipeline.report import headline_markdown
@@ -239,14 +321,17 @@ def build_dataset_assets(spec: DatasetSpec) -> DatasetAssets:
         # Explicit partitions_def: needed for partition-range runs of mixed graphs in Dagster 1.13.
         warnings.simplefilter("ignore", DeprecationWarning)
         job = dg.define_asset_job(
-            name=f"{prefix}_datapool",
+            name=names.datapool_job_name(spec),
             selection=dg.AssetSelection.assets(*assets),
             partitions_def=partitions,
             executor_def=dg.in_process_executor,
             tags={DATASET_TAG: spec.name},
             description=f"One datapool run of {spec.name}: ingest the run's shards, select, commit a tag.",
         )
-    return DatasetAssets(spec, partitions, assets, job, raw_files_op=f"{prefix}__raw_files")
+    return DatasetAssets(
+        spec, partitions, assets, job, raw_files_op=names.raw_files_op_name(spec),
+        resources={io_key: datapool_io_manager(store.storage)},
+    )
 
 
 def _embedding_dim(store: DatapoolStore, plan: RunPlan, spec: DatasetSpec) -> int:

@@ -9,9 +9,10 @@ from dagster._core.storage.tags import (
     PARTITION_NAME_TAG,
 )
 
+from datapool_pipeline.assets.names import DATASET_TAG
 from datapool_pipeline.errors import ConfigError
 
-DATASET_TAG = "datapool/dataset"
+__all__ = ["DATASET_TAG", "BACKFILL_TAG", "partition_range_tags", "run_shard_keys"]
 BACKFILL_TAG = "dagster/backfill"
 
 

@@ -92,6 +92,16 @@ class RunPlan:
     """Members of the run's shards that are gone or changed since they were registered."""
     inventory_files: int
 
+    def as_record(self) -> dict[str, object]:
+        """Tables and numbers, for a step output stored in the output datasource."""
+        return {"candidates": self.candidates, "other_type": self.other_type, "stale": self.stale,
+                "inventory_files": self.inventory_files}
+
+    @classmethod
+    def from_record(cls, record: dict[str, object]) -> RunPlan:
+        return cls(record["candidates"], record["other_type"], int(record["stale"]),  # type: ignore[arg-type]
+                   int(record["inventory_files"]))  # type: ignore[arg-type]
+
 
 def check_use_datapool(spec: DatasetSpec, store: DatapoolStore, use_datapool: bool) -> None:
     if use_datapool:
