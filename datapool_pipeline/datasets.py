@@ -81,6 +81,21 @@ DEFAULT_SENSOR_RUN_CONFIG: dict[str, Any] = {
 
 
 @dataclass(frozen=True)
+class CredentialsSpec:
+    """Which environment variables hold the object-store credentials of a dataset's input and output:
+    a prefix such as RAW reads RAW_AWS_ACCESS_KEY_ID, RAW_AZURE_STORAGE_SAS_TOKEN... (docs/object-stores.md);
+    None reads the standard, unprefixed variables."""
+
+    input: str | None = None
+    output: str | None = None
+
+    def env_prefix(self, side: str) -> str:
+        """'RAW_' for a side configured with prefix RAW, '' for the standard variables."""
+        prefix = self.input if side == "input" else self.output
+        return f"{prefix}_" if prefix else ""
+
+
+@dataclass(frozen=True)
 class DatasetSpec:
     name: str
     type: str
@@ -95,6 +110,8 @@ class DatasetSpec:
     sensor: SensorSpec = field(default_factory=SensorSpec)
     backfill_shards_per_run: int | None = None
     """Shards per run of a frames/embeddings backfill; None: the whole backfill is one run."""
+    credentials: CredentialsSpec = field(default_factory=CredentialsSpec)
+    """Environment-variable prefixes of the input's and the output's object-store credentials."""
 
     @property
     def asset_prefix(self) -> str:
@@ -167,7 +184,7 @@ def _parse_dataset(name: str, body: Any, base_dir: Path, source: str) -> Dataset
     if not isinstance(body, dict):
         raise ConfigError(f"{where}: expected a mapping with type, input and output")
     allowed = {"type", "input", "output", "embedding", "video", "images_per_shard", "seed", "sensor",
-               "bypass_verify", "backfill_shards_per_run"}
+               "bypass_verify", "backfill_shards_per_run", "credentials"}
     unknown = set(body) - allowed
     if unknown:
         raise ConfigError(f"{where}: unknown key(s) {sorted(unknown)}; allowed: {sorted(allowed)}")
@@ -211,6 +228,9 @@ def _parse_dataset(name: str, body: Any, base_dir: Path, source: str) -> Dataset
         bypass_verify=bypass_verify,
         sensor=sensor,
         backfill_shards_per_run=per_run,
+        credentials=_parse_credentials(
+            body.get("credentials"), {"input": input_uri, "output": output_uri}, f"{where}.credentials"
+        ),
     )
 
 
@@ -328,3 +348,34 @@ def _parse_sensor(body: Any, where: str) -> SensorSpec:
         max_objects_per_tick=_positive_int(body, "max_objects_per_tick", 20_000, where),
         run_config=run_config,
     )
+
+
+_ENV_PREFIX_RE = re.compile(r"^[A-Z][A-Z0-9_]{0,39}$")
+
+
+def _parse_credentials(body: Any, locations: dict[str, str], where: str) -> CredentialsSpec:
+    """`credentials: {input: RAW, output: OUT}`: names of environment-variable prefixes, never secrets."""
+    if body is None:
+        return CredentialsSpec()
+    if not isinstance(body, dict):
+        raise ConfigError(f"{where}: expected a mapping such as {{input: RAW, output: OUT}} (env-variable prefixes)")
+    unknown = set(body) - {"input", "output"}
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {sorted(map(str, unknown))}; allowed: ['input', 'output']")
+    prefixes: dict[str, str | None] = {}
+    for side in ("input", "output"):
+        value = body.get(side)
+        if value is None:
+            prefixes[side] = None
+            continue
+        if not isinstance(value, str) or not _ENV_PREFIX_RE.match(value) or value.endswith("_"):
+            raise ConfigError(
+                f"{where}.{side}: must be an environment-variable prefix of capital letters, digits and _ "
+                "(e.g. RAW for RAW_AWS_ACCESS_KEY_ID), not a secret or a path"
+            )
+        if not locations[side].startswith(_URI_SCHEMES[1:]):
+            raise ConfigError(
+                f"{where}.{side}: the {side} is a local folder; credentials apply to s3://, gs:// and az:// only"
+            )
+        prefixes[side] = value
+    return CredentialsSpec(input=prefixes["input"], output=prefixes["output"])

@@ -2,27 +2,41 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from datapool_pipeline.storage.base import ObjectInfo, Storage, StorageError, check_key
 from datapool_pipeline.storage.local import LocalStorage
 
-__all__ = ["ObjectInfo", "Storage", "StorageError", "LocalStorage", "check_key", "open_storage"]
+__all__ = ["ObjectInfo", "Storage", "StorageError", "LocalStorage", "check_key", "is_object_store", "open_storage"]
 
 
-def open_storage(uri: str) -> Storage:
+OBJECT_STORE_SCHEMES = ("s3://", "gs://", "az://")
+
+
+def is_object_store(uri: str) -> bool:
+    return uri.startswith(OBJECT_STORE_SCHEMES)
+
+
+def open_storage(uri: str, client: Any = None, env_prefix: str = "") -> Storage:
     """The storage backend for a datasource location (as resolved by datasets.yaml loading).
 
+    `client` (object stores only): the SDK client to use -- a boto3 S3 client, a
+    google.cloud.storage.Client or an azure BlobServiceClient; without one the backend makes its own from
+    the standard environment variables. `env_prefix` names the prefixed credential variables in messages.
     Object-store clients are created on first use, so this never touches the network.
     """
     if uri.startswith("s3://"):
         from datapool_pipeline.storage.s3 import S3Storage
 
-        return S3Storage(uri)
+        return S3Storage(uri, client=client, env_prefix=env_prefix)
     if uri.startswith("gs://"):
         from datapool_pipeline.storage.gcs import GCSStorage
 
-        return GCSStorage(uri)
+        return GCSStorage(uri, client=client, env_prefix=env_prefix)
     if uri.startswith("az://"):
         from datapool_pipeline.storage.azure import AzureBlobStorage
 
-        return AzureBlobStorage(uri)
+        return AzureBlobStorage(uri, client=client, env_prefix=env_prefix)
+    if client is not None:
+        raise ValueError(f"{uri}: a local folder takes no client")
     return LocalStorage(uri.removeprefix("file://"))

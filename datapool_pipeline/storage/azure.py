@@ -5,6 +5,9 @@ Account and credentials, first match wins:
   AZURE_STORAGE_ACCOUNT_URL or AZURE_STORAGE_ACCOUNT, with one of
     AZURE_STORAGE_SAS_TOKEN, AZURE_STORAGE_KEY, or DefaultAzureCredential (AZURE_CLIENT_ID/..., managed identity)
 AZURE_STORAGE_ACCOUNT_URL is the blob endpoint, e.g. http://127.0.0.1:10000/devstoreaccount1 for Azurite.
+
+`make_service_client` builds the same client from explicit values (the Dagster resources pass
+per-dataset, per-side credentials that way) for `AzureBlobStorage(uri, client=...)`.
 """
 
 from __future__ import annotations
@@ -51,35 +54,60 @@ def _retry_policy(settings: RetrySettings) -> Any:
 
 
 def service_client() -> Any:
+    """A BlobServiceClient from the standard environment variables."""
+    return make_service_client(
+        connection_string=os.environ.get(CONNECTION_STRING_ENV),
+        account_url=os.environ.get(ACCOUNT_URL_ENV),
+        account=os.environ.get(ACCOUNT_ENV),
+        sas_token=os.environ.get(SAS_ENV),
+        account_key=os.environ.get(KEY_ENV),
+    )
+
+
+def make_service_client(
+    *,
+    connection_string: str | None = None,
+    account_url: str | None = None,
+    account: str | None = None,
+    sas_token: str | None = None,
+    account_key: str | None = None,
+    credential: Any = None,
+    env_prefix: str = "",
+) -> Any:
+    """A BlobServiceClient with our retry policy and timeouts. First match wins: a connection string; an
+    account URL (or account name) with a SAS token, an account key, `credential` (e.g. a
+    DefaultAzureCredential), or else DefaultAzureCredential()."""
     from azure.storage.blob import BlobServiceClient
 
     # 4 MiB GETs (instead of a first 32 MiB one): ffmpeg gets the first bytes of a video sooner.
     kwargs: dict[str, Any] = {"connection_timeout": 10, "read_timeout": 120,
                               "max_single_get_size": 4 * 1024 * 1024, "max_chunk_get_size": 4 * 1024 * 1024,
                               "retry_policy": _retry_policy(retry_settings())}
-    conn = os.environ.get(CONNECTION_STRING_ENV, "").strip()
+    conn = (connection_string or "").strip()
     if conn:
         try:
             return BlobServiceClient.from_connection_string(conn, **kwargs)
         except ValueError:
-            raise ConfigError(f"{CONNECTION_STRING_ENV} is not a valid connection string (value not shown)") from None
-    account = os.environ.get(ACCOUNT_ENV, "").strip()
-    url = os.environ.get(ACCOUNT_URL_ENV, "").strip() or (f"https://{account}.blob.core.windows.net" if account else "")
+            raise ConfigError(
+                f"{env_prefix}{CONNECTION_STRING_ENV} is not a valid connection string (value not shown)"
+            ) from None
+    account = (account or "").strip()
+    url = (account_url or "").strip() or (f"https://{account}.blob.core.windows.net" if account else "")
     if not url:
+        p = env_prefix
         raise ConfigError(
-            f"az:// datasources need {CONNECTION_STRING_ENV}, or {ACCOUNT_URL_ENV} / {ACCOUNT_ENV} with "
-            f"{SAS_ENV}, {KEY_ENV} or a DefaultAzureCredential identity"
+            f"az:// datasources need {p}{CONNECTION_STRING_ENV}, or {p}{ACCOUNT_URL_ENV} / {p}{ACCOUNT_ENV} with "
+            f"{p}{SAS_ENV}, {p}{KEY_ENV} or a DefaultAzureCredential identity"
         )
-    sas = os.environ.get(SAS_ENV, "").strip().lstrip("?")
-    key = os.environ.get(KEY_ENV, "").strip()
-    credential: Any
+    sas = (sas_token or "").strip().lstrip("?")
+    key = (account_key or "").strip()
     if sas:
         from azure.core.credentials import AzureSasCredential
 
         credential = AzureSasCredential(sas)
     elif key:
         credential = {"account_name": account or _account_name(url), "account_key": key}
-    else:
+    elif credential is None:
         from azure.identity import DefaultAzureCredential
 
         credential = DefaultAzureCredential()
@@ -97,6 +125,10 @@ class AzureBlobStorage(ObjectStore):
     def _bind(self, client: Any) -> Any:
         return client.get_container_client(self.bucket)
 
+    def _check_hint(self) -> str:
+        names = (CONNECTION_STRING_ENV, SAS_ENV, KEY_ENV)
+        return ": check " + " / ".join(self.env(n) for n in names)
+
     @contextlib.contextmanager
     def _call(self, action: str, key: str = "") -> Iterator[None]:
         from azure.core.exceptions import (
@@ -111,13 +143,13 @@ class AzureBlobStorage(ObjectStore):
             yield
         except ClientAuthenticationError as exc:
             code = getattr(exc, "error_code", None) or type(exc).__name__
-            raise self.error(action, key, f"the credentials were rejected ({code})") from None
+            raise self.error(action, key, f"the credentials were rejected ({code}){self._check_hint()}") from None
         except HttpResponseError as exc:
             code = str(exc.error_code or exc.status_code)
             if code == "ContainerNotFound":
                 reason = "the container does not exist (ContainerNotFound)"
             elif code in _BAD_CREDENTIALS:
-                reason = f"the credentials were rejected ({code})"
+                reason = f"the credentials were rejected ({code}){self._check_hint()}"
             elif exc.status_code == 403:
                 reason = f"access denied ({code}): the credential lacks the permission"
             elif exc.status_code and (exc.status_code >= 500 or exc.status_code in (408, 429)):

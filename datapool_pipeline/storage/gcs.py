@@ -3,6 +3,9 @@
 Credentials: DATAPOOL_GCS_SERVICE_ACCOUNT_JSON (the service-account JSON itself, for secret stores that
 inject values rather than files), else application-default credentials (GOOGLE_APPLICATION_CREDENTIALS,
 gcloud, workload identity). STORAGE_EMULATOR_HOST points the client at an emulator (anonymous access).
+
+`make_gcs_client` builds the same client from explicit values (the Dagster resources pass per-dataset,
+per-side credentials that way) for `GCSStorage(uri, client=...)`.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from typing import Any
 from google.api_core.retry import Retry
 
 from datapool_pipeline.errors import ConfigError
-from datapool_pipeline.storage.base import ObjectInfo
+from datapool_pipeline.storage.base import ObjectInfo, StorageError
 from datapool_pipeline.storage.objectstore import CHUNK, ObjectStore
 from datapool_pipeline.storage.retry import MAX_BACKOFF_SECONDS, retry_settings
 
@@ -25,21 +28,62 @@ PROJECT_ENV = "GOOGLE_CLOUD_PROJECT"
 EMULATOR_ENV = "STORAGE_EMULATOR_HOST"
 
 
+CREDENTIALS_FILE_ENV = "GOOGLE_APPLICATION_CREDENTIALS"
+_SCOPES = ["https://www.googleapis.com/auth/devstorage.read_write"]
+
+
 def gcs_credentials() -> Any | None:
     """Service-account credentials from the environment, or None for application-default ones."""
-    text = os.environ.get(SERVICE_ACCOUNT_JSON_ENV, "").strip()
+    return service_account_credentials(os.environ.get(SERVICE_ACCOUNT_JSON_ENV, ""), SERVICE_ACCOUNT_JSON_ENV)
+
+
+def service_account_credentials(text: str | None, env_name: str = SERVICE_ACCOUNT_JSON_ENV) -> Any | None:
+    """Credentials from the text of a service-account JSON key (None for an empty text); `env_name` is the
+    variable the text came from, for the message."""
+    text = (text or "").strip()
     if not text:
         return None
     from google.oauth2 import service_account
 
     try:
         info = json.loads(text)
-        return service_account.Credentials.from_service_account_info(
-            info, scopes=["https://www.googleapis.com/auth/devstorage.read_write"]
-        )
+        return service_account.Credentials.from_service_account_info(info, scopes=_SCOPES)
     except (ValueError, KeyError, TypeError):
-        raise ConfigError(
-            f"{SERVICE_ACCOUNT_JSON_ENV} does not hold a valid service-account JSON key (value not shown)"
+        raise ConfigError(f"{env_name} does not hold a valid service-account JSON key (value not shown)") from None
+
+
+def make_gcs_client(
+    *,
+    project: str | None = None,
+    service_account_json: str | None = None,
+    credentials_file: str | None = None,
+    env_prefix: str = "",
+) -> Any:
+    """A google.cloud.storage.Client: from a service-account JSON text, else a credentials file (any type
+    google-auth loads), else application-default credentials; anonymous against STORAGE_EMULATOR_HOST."""
+    from google.auth.credentials import AnonymousCredentials
+    from google.auth.exceptions import DefaultCredentialsError, GoogleAuthError
+    from google.cloud import storage
+
+    if os.environ.get(EMULATOR_ENV):
+        return storage.Client(project=project or "datapool-emulator", credentials=AnonymousCredentials())
+    credentials = service_account_credentials(service_account_json, f"{env_prefix}{SERVICE_ACCOUNT_JSON_ENV}")
+    if credentials is None and credentials_file:
+        import google.auth
+
+        try:
+            credentials, file_project = google.auth.load_credentials_from_file(credentials_file, scopes=_SCOPES)
+        except (GoogleAuthError, OSError, ValueError):
+            raise ConfigError(
+                f"{env_prefix}{CREDENTIALS_FILE_ENV}: not a readable Google credentials file (contents not shown)"
+            ) from None
+        project = project or file_project
+    try:
+        return storage.Client(project=project or getattr(credentials, "project_id", None), credentials=credentials)
+    except DefaultCredentialsError:
+        raise StorageError(
+            f"no Google credentials found: set {env_prefix}{SERVICE_ACCOUNT_JSON_ENV} or "
+            f"{env_prefix}{CREDENTIALS_FILE_ENV} (or run where application-default credentials exist)"
         ) from None
 
 
@@ -68,24 +112,16 @@ class _AttemptsRetry(Retry):
 
 class GCSStorage(ObjectStore):
     scheme = "gs://"
-    client_env = (SERVICE_ACCOUNT_JSON_ENV, PROJECT_ENV, EMULATOR_ENV, "GOOGLE_APPLICATION_CREDENTIALS")
+    client_env = (SERVICE_ACCOUNT_JSON_ENV, PROJECT_ENV, EMULATOR_ENV, CREDENTIALS_FILE_ENV)
 
     def _make_client(self) -> Any:
-        from google.auth.credentials import AnonymousCredentials
-        from google.auth.exceptions import DefaultCredentialsError
-        from google.cloud import storage
-
-        project = os.environ.get(PROJECT_ENV) or None
-        if os.environ.get(EMULATOR_ENV):
-            return storage.Client(project=project or "datapool-emulator", credentials=AnonymousCredentials())
-        credentials = gcs_credentials()
         try:
-            return storage.Client(project=project or getattr(credentials, "project_id", None), credentials=credentials)
-        except DefaultCredentialsError:
-            raise self.error(
-                "connecting", "", f"no Google credentials found: set {SERVICE_ACCOUNT_JSON_ENV} or "
-                "GOOGLE_APPLICATION_CREDENTIALS (or run where application-default credentials exist)"
-            ) from None
+            return make_gcs_client(
+                project=os.environ.get(PROJECT_ENV) or None,
+                service_account_json=os.environ.get(SERVICE_ACCOUNT_JSON_ENV),
+            )
+        except StorageError as exc:
+            raise self.error("connecting", "", str(exc)) from None
 
     @property
     def _bucket(self) -> Any:
@@ -139,7 +175,10 @@ class GCSStorage(ObjectStore):
                 f"({type(exc).__name__})"
             ) from None
         except GoogleAuthError as exc:
-            raise self.error(action, key, f"the credentials were rejected ({type(exc).__name__})") from None
+            raise self.error(
+                action, key, f"the credentials were rejected ({type(exc).__name__}): check "
+                f"{self.env(SERVICE_ACCOUNT_JSON_ENV)} / {self.env(CREDENTIALS_FILE_ENV)}"
+            ) from None
 
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
         with self._call("listing", prefix):

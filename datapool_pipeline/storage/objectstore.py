@@ -51,9 +51,19 @@ class ObjectStore(Storage):
     page_size: int = 1000
     """Objects per listing request; listing streams page by page and never holds more than one."""
 
-    def __init__(self, uri: str) -> None:
+    def __init__(self, uri: str, client: Any = None, env_prefix: str = "") -> None:
+        """`client`: an SDK client made by the caller (e.g. from a Dagster resource), used as given; without
+        one, a client is made from the standard environment variables on first use. `env_prefix` (e.g.
+        "RAW_") is prepended to the variable names that error messages point at."""
         self.bucket, self.prefix = split_uri(uri, self.scheme)
         self.uri = f"{self.scheme}{self.bucket}" + (f"/{self.prefix}" if self.prefix else "")
+        self.env_prefix = env_prefix
+        if client is not None:
+            self.__dict__["client"] = self._bind(client)  # fills the cached_property below
+
+    def env(self, name: str) -> str:
+        """The name of a credential variable as this datasource's caller configured it."""
+        return f"{self.env_prefix}{name}"
 
     # -- key mapping -----------------------------------------------------------------------------
     def _name(self, key: str) -> str:

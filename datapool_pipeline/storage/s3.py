@@ -4,6 +4,10 @@ Credentials: boto3's own chain (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY / AWS_
 instance or task roles); AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL for a custom endpoint. Delegated access:
 DATAPOOL_S3_ROLE_ARN (+ DATAPOOL_S3_EXTERNAL_ID) is assumed with STS on top of those credentials, and the
 temporary credentials are refreshed by botocore before they expire.
+
+`make_s3_client` builds the same client from explicit values (keys, endpoint, region, role) instead of
+the environment: the Dagster resources (assets/resources.py) use it for per-dataset, per-side credentials,
+and pass the client to `S3Storage(uri, client=...)`.
 """
 
 from __future__ import annotations
@@ -30,16 +34,17 @@ _BAD_CREDENTIALS = {"InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidClien
                     "ExpiredToken", "TokenRefreshRequired", "AuthFailure"}
 
 
-def _client_error_reason(exc: Any) -> str:
+def _client_error_reason(exc: Any, env_prefix: str = "") -> str:
     err = exc.response.get("Error", {})
     code = str(err.get("Code") or exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", "error"))
     if getattr(exc, "operation_name", "") == "AssumeRole":
-        return (f"assuming the role in {ROLE_ARN_ENV} was refused ({code}): check the role ARN, its trust "
-                f"policy and {EXTERNAL_ID_ENV}")
+        return (f"assuming the role in {env_prefix}{ROLE_ARN_ENV} was refused ({code}): check the role ARN, "
+                f"its trust policy and {env_prefix}{EXTERNAL_ID_ENV}")
     if code == "NoSuchBucket":
         return "the bucket does not exist (NoSuchBucket)"
     if code in _BAD_CREDENTIALS:
-        return f"the credentials were rejected ({code}): check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY"
+        return (f"the credentials were rejected ({code}): check {env_prefix}AWS_ACCESS_KEY_ID / "
+                f"{env_prefix}AWS_SECRET_ACCESS_KEY")
     if code in ("AccessDenied", "403", "AllAccessDisabled"):
         return f"access denied ({code})"
     status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
@@ -58,25 +63,15 @@ class S3Storage(ObjectStore):
                   ADDRESSING_ENV)
 
     def _make_client(self) -> Any:
-        import boto3
-        import botocore.session
-        from botocore.config import Config
-
-        core = botocore.session.Session()
-        if not (os.environ.get("AWS_REGION") or core.get_config_variable("region")):
-            core.set_config_variable("region", "us-east-1")
-        role_arn = os.environ.get(ROLE_ARN_ENV, "").strip()
-        if role_arn:
-            core._credentials = _assume_role_credentials(core, role_arn)  # botocore's documented hook
-        config = Config(
-            # total_max_attempts counts the first request; botocore's "max_attempts" counts retries only.
-            retries={"mode": "standard", "total_max_attempts": retry_settings().attempts},
-            connect_timeout=10,
-            read_timeout=120,
-            max_pool_connections=16,
-            s3={"addressing_style": os.environ.get(ADDRESSING_ENV, "auto")},
+        # Keys, profile and endpoint: boto3 reads them from the environment itself.
+        duration = os.environ.get(DURATION_ENV, "").strip()
+        return make_s3_client(
+            role_arn=os.environ.get(ROLE_ARN_ENV, "").strip() or None,
+            external_id=os.environ.get(EXTERNAL_ID_ENV, "").strip() or None,
+            session_name=os.environ.get(SESSION_NAME_ENV) or None,
+            duration_seconds=duration or None,
+            addressing_style=os.environ.get(ADDRESSING_ENV) or None,
         )
-        return boto3.session.Session(botocore_session=core).client("s3", config=config)
 
     @contextlib.contextmanager
     def _call(self, action: str, key: str = "") -> Iterator[None]:
@@ -86,11 +81,11 @@ class S3Storage(ObjectStore):
         try:
             yield
         except ClientError as exc:
-            raise self.error(action, key, _client_error_reason(exc)) from None
+            raise self.error(action, key, _client_error_reason(exc, self.env_prefix)) from None
         except NoCredentialsError:
             raise self.error(
-                action, key, "no AWS credentials found: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY "
-                "(or a profile / instance role)"
+                action, key, f"no AWS credentials found: set {self.env('AWS_ACCESS_KEY_ID')} and "
+                f"{self.env('AWS_SECRET_ACCESS_KEY')} (or a profile / instance role)"
             ) from None
         except (BotoConnectionError, HTTPClientError) as exc:
             # The message holds the endpoint URL only; the class says what happened (reset, timeout, refused).
@@ -171,25 +166,90 @@ class S3Storage(ObjectStore):
             self.client.delete_object(Bucket=self.bucket, Key=self._name(key))
 
 
-def _assume_role_credentials(core: Any, role_arn: str) -> Any:
+def make_s3_client(
+    *,
+    access_key_id: str | None = None,
+    secret_access_key: str | None = None,
+    session_token: str | None = None,
+    profile: str | None = None,
+    region: str | None = None,
+    endpoint_url: str | None = None,
+    role_arn: str | None = None,
+    external_id: str | None = None,
+    session_name: str | None = None,
+    duration_seconds: str | int | None = None,
+    addressing_style: str | None = None,
+    attempts: int | None = None,
+    env_prefix: str = "",
+    use_ssl: bool = True,
+    verify: bool | str | None = None,
+) -> Any:
+    """A boto3 S3 client with our retry, timeout and pool settings.
+
+    Values left None come from boto3's own chain (environment, profile, instance role), except with an
+    `env_prefix`: then the caller resolved the prefixed variables, and the standard endpoint variables
+    (AWS_ENDPOINT_URL...) are ignored so that a prefixed side never talks to another side's endpoint.
+    `role_arn` is assumed with STS on top of the credentials (refreshed before expiry)."""
+    import boto3
+    import botocore.session
+    from botocore.config import Config
+
+    core = botocore.session.Session(profile=profile or None)
+    if region:
+        core.set_config_variable("region", region)
+    elif env_prefix or not (os.environ.get("AWS_REGION") or core.get_config_variable("region")):
+        core.set_config_variable("region", "us-east-1")
+    if access_key_id or secret_access_key:
+        if not (access_key_id and secret_access_key):
+            missing = "AWS_SECRET_ACCESS_KEY" if access_key_id else "AWS_ACCESS_KEY_ID"
+            raise StorageError(f"{env_prefix}{missing} is not set (the other half of the key pair is)")
+        core.set_credentials(access_key_id, secret_access_key, session_token or None)
+    if role_arn:
+        core._credentials = _assume_role_credentials(  # botocore's documented hook
+            core, role_arn, external_id, session_name, duration_seconds, env_prefix
+        )
+    options: dict[str, Any] = {}
+    if env_prefix:
+        options["ignore_configured_endpoint_urls"] = True
+    config = Config(
+        # total_max_attempts counts the first request; botocore's "max_attempts" counts retries only.
+        retries={"mode": "standard", "total_max_attempts": attempts or retry_settings().attempts},
+        connect_timeout=10,
+        read_timeout=120,
+        max_pool_connections=16,
+        s3={"addressing_style": addressing_style or "auto"},
+        **options,
+    )
+    return boto3.session.Session(botocore_session=core).client(
+        "s3", config=config, endpoint_url=endpoint_url or None, use_ssl=use_ssl, verify=verify
+    )
+
+
+def _assume_role_credentials(
+    core: Any,
+    role_arn: str,
+    external_id: str | None,
+    session_name: str | None,
+    duration: str | int | None,
+    env_prefix: str = "",
+) -> Any:
     """STS AssumeRole credentials (with the external id) that botocore refreshes before expiry."""
     from botocore.credentials import AssumeRoleCredentialFetcher, DeferredRefreshableCredentials
 
     source = core.get_credentials()
     if source is None:
         raise StorageError(
-            f"{ROLE_ARN_ENV} is set but there are no source credentials to assume it with: set "
-            "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or a profile / instance role)"
+            f"{env_prefix}{ROLE_ARN_ENV} is set but there are no source credentials to assume it with: set "
+            f"{env_prefix}AWS_ACCESS_KEY_ID and {env_prefix}AWS_SECRET_ACCESS_KEY (or a profile / instance role)"
         )
-    extra: dict[str, Any] = {"RoleSessionName": os.environ.get(SESSION_NAME_ENV, "datapool")}
-    external_id = os.environ.get(EXTERNAL_ID_ENV, "").strip()
+    extra: dict[str, Any] = {"RoleSessionName": session_name or "datapool"}
     if external_id:
         extra["ExternalId"] = external_id
-    duration = os.environ.get(DURATION_ENV, "").strip()
-    if duration:
-        if not duration.isdigit() or not 900 <= int(duration) <= 43200:
-            raise StorageError(f"{DURATION_ENV}: must be a number of seconds between 900 and 43200")
-        extra["DurationSeconds"] = int(duration)
+    if duration not in (None, ""):
+        text = str(duration).strip()
+        if not text.isdigit() or not 900 <= int(text) <= 43200:
+            raise StorageError(f"{env_prefix}{DURATION_ENV}: must be a number of seconds between 900 and 43200")
+        extra["DurationSeconds"] = int(text)
     fetcher = AssumeRoleCredentialFetcher(
         client_creator=core.create_client, source_credentials=source, role_arn=role_arn, extra_args=extra
     )

@@ -26,10 +26,19 @@ _FIELD_RE = re.compile(r"(AccountKey|SharedAccessSignature)=([^;]+)|(?:^|[?&])si
 _MIN_LEN = 6  # shorter values would scrub ordinary words
 
 
+def secret_env_names() -> list[str]:
+    """The credential variables set now: the standard names, and the same names behind a prefix that a
+    dataset's `credentials:` may name in datasets.yaml (RAW_AWS_SECRET_ACCESS_KEY, OUT_AZURE_STORAGE_KEY...)."""
+    return sorted(
+        name for name in os.environ
+        if name in SECRET_ENV_VARS or any(name.endswith("_" + standard) for standard in SECRET_ENV_VARS)
+    )
+
+
 def secret_values() -> list[str]:
     """Every credential value currently in the environment, longest first."""
     values: set[str] = set()
-    for name in SECRET_ENV_VARS:
+    for name in secret_env_names():
         value = os.environ.get(name, "").strip()
         if not value:
             continue
@@ -37,7 +46,7 @@ def secret_values() -> list[str]:
         values.add(value.lstrip("?"))
         for match in _FIELD_RE.finditer(value):
             values.update(g for g in match.groups()[1:] if g)
-        if name == "DATAPOOL_GCS_SERVICE_ACCOUNT_JSON":
+        if name.endswith("DATAPOOL_GCS_SERVICE_ACCOUNT_JSON"):
             values.update(_json_secrets(value))
     return sorted((v for v in values if len(v) >= _MIN_LEN), key=len, reverse=True)
 

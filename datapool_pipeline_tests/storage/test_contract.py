@@ -1,4 +1,8 @@
-"""The Storage contract, held by every object-store backend against its real server on 127.0.0.1."""
+"""The Storage contract, held by every object-store backend against its real server on 127.0.0.1.
+
+Every backend here gets its client from the Dagster storage resource (dagster-aws S3Resource, dagster-gcp
+GCSResource, dagster-azure AzureBlobStorageResource) built for the backend's environment, as the
+definitions, CLI and sensors do; the scenario and access tests cover clients made from the environment."""
 
 from __future__ import annotations
 
@@ -9,10 +13,29 @@ from pathlib import Path
 
 import pytest
 
+from datapool_pipeline.assets.resources import (
+    DatapoolAzureBlobStorageResource,
+    DatapoolGCSResource,
+    DatapoolS3Resource,
+    storage_at,
+    storage_resource,
+)
 from datapool_pipeline.media.video import FrameStream, extract_frames_png
-from datapool_pipeline.storage import StorageError, open_storage
+from datapool_pipeline.storage import Storage, StorageError
 from datapool_pipeline_tests.conftest import add_videos
 from datapool_pipeline_tests.storage.conftest import Backend
+
+_RESOURCE_TYPES = {"s3": DatapoolS3Resource, "gcs": DatapoolGCSResource, "azure": DatapoolAzureBlobStorageResource}
+
+
+def open_storage(uri: str) -> Storage:
+    """The storage of a location through its Dagster resource (the resource's client, our backend)."""
+    resource = storage_resource(uri)
+    scheme = {"s3://": "s3", "gs://": "gcs", "az://": "azure"}[uri[:5]]
+    assert isinstance(resource, _RESOURCE_TYPES[scheme])
+    storage = storage_at(uri, resource)
+    assert "client" in storage.__dict__  # the injected client, not one made from the environment
+    return storage
 
 
 def test_list_is_paginated_streamed_in_key_order_and_scoped_to_the_prefix(backend: Backend) -> None:
