@@ -81,7 +81,7 @@ def _as_server_user(cmd: list[str]) -> list[str]:
 
 
 def _run(cmd: list[str], what: str, log: Path | None = None, timeout: float = 120) -> None:
-    proc = subprocess.run(_as_server_user(cmd), capture_output=True, text=True, timeout=timeout)
+    proc = subprocess.run(_as_server_user(cmd), capture_output=True, text=True, timeout=timeout, cwd="/")
     if proc.returncode != 0:
         server_log = log.read_text(errors="replace")[-3000:] if log is not None and log.exists() else ""
         raise RuntimeError(

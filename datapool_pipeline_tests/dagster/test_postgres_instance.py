@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -29,10 +28,11 @@ from datapool_pipeline_tests.dagster.servers import REPO, dagster_servers
 DATASET = "videos-datapool"
 SENSOR = "videos_datapool_new_files"
 SENSOR_INTERVAL = 15
-"""Seconds between two sensor ticks. The CLI runs happen right after a tick, so the sensor cannot
-claim the files `datapool run` is about to process (it would start its own run over them)."""
+"""Seconds between two sensor ticks (not 1): the files of a CLI run arrive right after a tick, so
+`datapool run` registers them before the next tick; with a tick in between, the sensor would claim them
+first and start its own run (its n_samples), and the scenario's counts would depend on who won."""
 DONE = {dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED}
-RUNS_QUERY = "{ runsOrError { __typename ... on Runs { results { runId status tags { key value } } } } }"
+RUNS_QUERY = "{ runsOrError { __typename ... on Runs { results { runId status } } } }"
 
 
 @pytest.fixture(scope="session")
@@ -97,21 +97,27 @@ def sensor_ticks(instance: dg.DagsterInstance) -> list[Any]:
     return []
 
 
-def right_after_a_tick(instance: dg.DagsterInstance, logs: Callable[[], str]) -> None:
-    """Return as soon as a new sensor tick has finished: the next one starts SENSOR_INTERVAL s after it."""
-    before = {t.tick_id for t in sensor_ticks(instance)}
+def right_after_a_tick(instance: dg.DagsterInstance, logs: Callable[[], str], timeout: float = SENSOR_INTERVAL + 60
+                      ) -> None:
+    """Return as soon as a new sensor tick has finished, early enough that the next one is at least
+    SENSOR_INTERVAL / 2 s away (a slow tick: wait for the next)."""
+    for _ in range(3):
+        before = {t.tick_id for t in sensor_ticks(instance)}
 
-    def finished_tick() -> Any:
-        ticks = [t for t in sensor_ticks(instance) if t.tick_id not in before and t.status != TickStatus.STARTED]
-        return ticks[0] if ticks else None
+        def finished_tick(before: set[int] = before) -> Any:
+            ticks = [t for t in sensor_ticks(instance) if t.tick_id not in before and t.status != TickStatus.STARTED]
+            return ticks[0] if ticks else None
 
-    tick = wait_for("a sensor tick", finished_tick, timeout=SENSOR_INTERVAL + 60, logs=logs)
-    assert tick.status == TickStatus.SKIPPED, f"the sensor did not skip: {tick.status} {tick.tick_data}"
-    assert time.time() - tick.timestamp < SENSOR_INTERVAL / 2, "sensor tick too slow for the test's window"
+        tick = wait_for("a sensor tick", finished_tick, timeout=timeout, logs=logs)
+        assert tick.status == TickStatus.SKIPPED, f"the sensor did not skip: {tick.status} {tick.tick_data}"
+        if time.time() - tick.timestamp < SENSOR_INTERVAL / 2:
+            return
+    raise AssertionError(f"sensor ticks take more than {SENSOR_INTERVAL / 2} s: no window for the CLI run")
 
 
 def sensor_runs(instance: dg.DagsterInstance) -> list[dg.DagsterRun]:
-    return list(instance.get_runs(dg.RunsFilter(tags={"datapool/trigger": "sensor"})))
+    """Runs the dataset's sensor requested (Dagster tags them with the sensor's name)."""
+    return list(instance.get_runs(dg.RunsFilter(tags={"dagster/sensor_name": SENSOR})))
 
 
 def tags(cli, ds: tuple[str, str]) -> list[tuple[str, int]]:
@@ -151,6 +157,12 @@ def test_vendor_scenario_on_postgres_with_webserver_daemon_and_sensor(
         tmp_path / "datasets.yaml", DATASET, "VIDEOS", str(input_dir), str(output), extra=sensor_block
     )
     ds = ("--datasets", str(datasets))
+    clock = [time.monotonic()]
+
+    def phase(what: str) -> None:  # shown with -s or on failure: where the time goes
+        now = time.monotonic()
+        print(f"{what}: {now - clock[0]:.1f} s")
+        clock[0] = now
 
     def arrive(*names: str) -> None:
         for name in names:
@@ -159,9 +171,11 @@ def test_vendor_scenario_on_postgres_with_webserver_daemon_and_sensor(
     with dagster_servers(tmp_path, datasets, dagster_home) as servers, dg.DagsterInstance.get() as instance:
         logs = servers.log_text
         # 1. Three videos, first run: 100 samples, initial-tag holds 100.
-        right_after_a_tick(instance, logs)
+        right_after_a_tick(instance, logs, timeout=180)  # the daemon loads the code location first
+        phase("servers up, first sensor tick")
         arrive("a.mov", "b.mov", "c.mov")
         first = cli(*ds, "run", DATASET, "--n-samples", "100")
+        phase("run 1")
         assert first.code == 0, first.err + logs()[-3000:]
         listed = tags(cli, ds)
         assert len(listed) == 2 and listed[0][1] == 100 and listed[-1] == ("initial-tag", 100)
@@ -173,7 +187,9 @@ def test_vendor_scenario_on_postgres_with_webserver_daemon_and_sensor(
         # 2. Two more videos, run with the datapool: 50 samples, all from the new videos.
         right_after_a_tick(instance, logs)
         arrive("d.mov", "e.mov")
+        phase("sensor tick")
         second = cli(*ds, "run", DATASET, "--use-datapool", "--n-samples", "50")
+        phase("run 2")
         assert second.code == 0, second.err + logs()[-3000:]
         listed = tags(cli, ds)
         assert [n for _, n in listed] == [50, 100, 150]
@@ -186,12 +202,14 @@ def test_vendor_scenario_on_postgres_with_webserver_daemon_and_sensor(
 
         # 3. Nothing new: the run aborts with the reason, nothing is committed.
         third = cli(*ds, "run", DATASET, "--use-datapool", "--n-samples", "50")
+        phase("run 3")
         assert third.code == 1, third.out + third.err
         assert "no new raw files" in third.err and "process_all" in third.err
         assert [n for _, n in tags(cli, ds)] == [50, 100, 150]
 
         # 4. process_all: 20 more samples chosen from all 5 videos, none already in the datapool.
         fourth = cli(*ds, "run", DATASET, "--use-datapool", "--process-all", "--n-samples", "20")
+        phase("run 4")
         assert fourth.code == 0, fourth.err + logs()[-3000:]
         listed = tags(cli, ds)
         assert [n for _, n in listed] == [20, 50, 100, 170]
@@ -201,14 +219,20 @@ def test_vendor_scenario_on_postgres_with_webserver_daemon_and_sensor(
 
         # 5. A video arrives while the servers are up: the sensor starts a run that commits it.
         arrive("f.mov")
-        started = wait_for("a run started by the sensor", lambda: sensor_runs(instance),
-                           timeout=SENSOR_INTERVAL + 90, logs=logs)
-        assert len(started) == 1
-        run_id = started[0].run_id
-        done = wait_for(f"sensor run {run_id}",
-                        lambda: (r := instance.get_run_by_id(run_id)) is not None and r.status in DONE and r,
-                        timeout=240, logs=logs)
-        assert done.status == dg.DagsterRunStatus.SUCCESS, logs()[-3000:]
+
+        store = DatapoolStore(LocalStorage(output))
+
+        def sensor_runs_done() -> list[dg.DagsterRun] | None:
+            runs = sensor_runs(instance)
+            if not runs or any(r.status not in DONE for r in runs):
+                return None
+            failed = any(r.status != dg.DagsterRunStatus.SUCCESS for r in runs)
+            return runs if failed or len(store.load_commits()) == 4 else None
+
+        finished = wait_for("the sensor's run(s) to finish", sensor_runs_done, timeout=SENSOR_INTERVAL + 300,
+                            logs=logs)
+        phase("sensor run(s) finished")
+        assert all(r.status == dg.DagsterRunStatus.SUCCESS for r in finished), logs()[-3000:]
         listed = tags(cli, ds)
         assert [n for _, n in listed] == [3, 20, 50, 100, 173]
         run5 = export(cli, ds, listed[0][0])
@@ -216,10 +240,11 @@ def test_vendor_scenario_on_postgres_with_webserver_daemon_and_sensor(
         pool = export(cli, ds, "initial-tag")
         assert len(pool) == len(set(pool)) == 173 and set(pool) == set(run1) | set(run2) | set(run4) | set(run5)
         assert all((output / name).is_file() for name in pool)
-        samples = DatapoolStore(LocalStorage(output)).load_state().samples
+        samples = store.load_state().samples
         assert samples["sample_id"].n_unique() == samples.height == 173
-        commits = DatapoolStore(LocalStorage(output)).load_commits()
-        assert [c.n_samples for c in commits] == [100, 50, 20, 3] and commits[-1].run_id == run_id
+        commits = store.load_commits()
+        assert [c.n_samples for c in commits] == [100, 50, 20, 3]
+        assert commits[-1].run_id in {r.run_id for r in finished}
 
         # The instance is really Postgres, the runs and the tags' materializations are in it, and the
         # webserver (its own process) reads the same runs from it.
@@ -228,8 +253,9 @@ def test_vendor_scenario_on_postgres_with_webserver_daemon_and_sensor(
         assert type(instance.schedule_storage).__name__ == "PostgresScheduleStorage"
         assert not (dagster_home / "history").exists()  # where SQLite would keep runs.db
         runs = instance.get_runs(dg.RunsFilter(tags={"datapool/dataset": DATASET}))
+        assert all(r.status in DONE for r in runs)
         succeeded = {r.run_id for r in runs if r.status == dg.DagsterRunStatus.SUCCESS}
-        assert succeeded == {c.run_id for c in commits}
+        assert {c.run_id for c in commits} <= succeeded
         events = instance.fetch_materializations(dg.AssetKey(["videos_datapool", "tag"]), limit=20).records
         assert sorted(e.asset_materialization.metadata["tag"].value for e in events) == sorted(c.tag for c in commits)
         with postgres.connect(os.environ["DAGSTER_PG_DB"]) as conn, conn.cursor() as cur:
@@ -246,6 +272,6 @@ def test_vendor_scenario_on_postgres_with_webserver_daemon_and_sensor(
         )
         with urllib.request.urlopen(request, timeout=60) as response:
             ui_runs = json.loads(response.read())["data"]["runsOrError"]["results"]
-        assert {r["runId"] for r in ui_runs if r["status"] == "SUCCESS"} == succeeded
+        assert {r["runId"] for r in ui_runs} == {r.run_id for r in instance.get_runs()}
+        assert {r["runId"] for r in ui_runs if r["status"] == "SUCCESS"} >= {c.run_id for c in commits}
     assert "Traceback" not in (servers.logs / "webserver.log").read_text()
-    shutil.rmtree(staging, ignore_errors=True)
