@@ -50,14 +50,13 @@ class DatapoolIOManager(dg.IOManager):
         context.add_output_metadata({"stored_at": dg.MetadataValue.text(self.storage.display(f"{base}.json"))})
 
     def load_input(self, context: dg.InputContext) -> dict[str, Any]:
-        upstream = context.upstream_output
-        assert upstream is not None and upstream.asset_key is not None
-        # During a re-execution, upstream.run_id is the run that produced the output (the parent run).
-        base = step_output_prefix(upstream.run_id, upstream.asset_key.path[-1])
-        if not self.storage.exists(f"{base}.json"):
+        asset_key = context.asset_key
+        run_id = self._source_run(context)
+        base = step_output_prefix(run_id or "?", asset_key.path[-1])
+        if run_id is None or not self.storage.exists(f"{base}.json"):
             raise dg.Failure(
-                description=f"the output of step {upstream.asset_key.to_user_string()} of run {upstream.run_id} "
-                f"is missing from {self.storage.display(base)}.json: re-run the whole job",
+                description=f"the output of {asset_key.to_user_string()} (run {run_id or 'none yet'}) is missing "
+                f"from {self.storage.display(base)}.json: run the whole job",
                 allow_retries=False,
             )
         body = json.loads(self.storage.read_bytes(f"{base}.json"))
@@ -65,6 +64,21 @@ class DatapoolIOManager(dg.IOManager):
         for name in body["tables"]:
             values[name] = tables.from_parquet(self.storage.read_bytes(f"{base}.{name}.parquet"))
         return values
+
+
+    def _source_run(self, context: dg.InputContext) -> str | None:
+        """The run whose output this input is: the producing step's run within a run or a re-execution
+        (for a step skipped by "re-execute from failure", the parent run); for an upstream asset that
+        another run materialized (runs of a backfill), that asset's latest materialization."""
+        upstream = context.upstream_output
+        try:
+            run_id = upstream.run_id if upstream is not None else None
+        except dg.DagsterInvariantViolationError:
+            run_id = None
+        if run_id is not None and self.storage.exists(f"{step_output_prefix(run_id, context.asset_key.path[-1])}.json"):
+            return run_id
+        event = context.instance.get_latest_materialization_event(context.asset_key)
+        return event.run_id if event is not None else run_id
 
 
 def datapool_io_manager(storage: Storage) -> dg.IOManagerDefinition:

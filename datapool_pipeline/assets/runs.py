@@ -34,7 +34,9 @@ def run_shard_keys(context: dg.AssetExecutionContext, partitions_def_name: str) 
     if BACKFILL_TAG in tags and keys:
         # An asset backfill runs the unpartitioned raw_files on its own: it covers every registered shard.
         return keys
+    job = partitions_def_name.removesuffix("__shards")
     raise ConfigError(
-        "this run targets no shards: launch it with `datapool run`, a sensor, a backfill, or select shard "
-        "partitions in the launchpad"
+        f"this run targets no shards: to process new raw files from the UI, launch the job {job}_launch (it "
+        "finds them and starts this job over their shards); or use `datapool run`, the sensor, a backfill, or "
+        "select shard partitions in the launchpad"
     )
