@@ -10,11 +10,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from datapool_pipeline.assets.resources import storage_for
 from datapool_pipeline.config import load_run_config_file, parse_run_config
 from datapool_pipeline.datapool import INITIAL_TAG, DatapoolStore
 from datapool_pipeline.datasets import DATASETS_ENV, DatasetSpec, datasets_file, load_datasets
 from datapool_pipeline.errors import CommittedButIncomplete, ConfigError, DatapoolError, RunAborted
-from datapool_pipeline.storage import open_storage
 
 EXIT_ABORTED = 1
 EXIT_BAD_CONFIG = 2
@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _tags(spec: DatasetSpec) -> int:
-    store = DatapoolStore(open_storage(spec.output))
+    store = DatapoolStore(storage_for(spec, "output"))
     store.check_owner(spec.name, spec.type, claim=False)
     state = store.load_state()
     width = max([len(INITIAL_TAG), *(len(c.tag) for c in state.commits)])
@@ -108,10 +108,10 @@ def _tags(spec: DatasetSpec) -> int:
 
 
 def _export(spec: DatasetSpec, tag: str, uri: bool) -> int:
-    store = DatapoolStore(open_storage(spec.output))
+    store = DatapoolStore(storage_for(spec, "output"))
     store.check_owner(spec.name, spec.type, claim=False)
     samples = store.load_state().tag_samples(tag)
-    base = open_storage(spec.input if spec.type == "IMAGES" else spec.output)
+    base = storage_for(spec, "input" if spec.type == "IMAGES" else "output")
     out = sys.stdout
     for name in samples.sort(["raw_key", "frame_index"])["sample_id"].to_list():
         out.write((base.display(name) if uri else name) + "\n")
@@ -241,7 +241,7 @@ def _group_commit(spec: DatasetSpec, instance: Any, run_id: str) -> Any:
     """The commit made by this run or by another attempt of it (re-executions share a run group)."""
     group = instance.get_run_group(run_id)
     ids = {r.run_id for r in group[1]} if group else {run_id}
-    commits = DatapoolStore(open_storage(spec.output)).load_commits()
+    commits = DatapoolStore(storage_for(spec, "output")).load_commits()
     return next((c for c in reversed(commits) if c.run_id in ids), None)
 
 
@@ -298,7 +298,7 @@ def _refuse_superseded(spec: DatasetSpec, instance: Any, run_id: str) -> None:
     started = record.create_timestamp.replace(microsecond=0) if record else None
     if started is not None and started.tzinfo is None:
         started = started.replace(tzinfo=timezone.utc)
-    commits = DatapoolStore(open_storage(spec.output)).load_commits()
+    commits = DatapoolStore(storage_for(spec, "output")).load_commits()
     later = [c for c in commits if started and datetime.fromisoformat(c.created_at) >= started]
     if later:
         raise RunAborted(
@@ -308,7 +308,7 @@ def _refuse_superseded(spec: DatasetSpec, instance: Any, run_id: str) -> None:
 
 
 def _print_commit(spec: DatasetSpec, run_id: str) -> None:
-    state = DatapoolStore(open_storage(spec.output)).load_state()
+    state = DatapoolStore(storage_for(spec, "output")).load_state()
     commit = next((c for c in reversed(state.commits) if c.run_id == run_id), None)
     if commit is None:
         print(f"run {run_id} finished; the datapool holds {state.size} samples")
@@ -316,7 +316,7 @@ def _print_commit(spec: DatasetSpec, run_id: str) -> None:
     print(
         f"tag {commit.tag}: {commit.n_samples} samples added; datapool {commit.datapool_size - commit.n_samples}"
         f" -> {commit.datapool_size}; report: "
-        f"{open_storage(spec.output).display(DatapoolStore.report_prefix(commit.tag))}/report.pdf"
+        f"{storage_for(spec, 'output').display(DatapoolStore.report_prefix(commit.tag))}/report.pdf"
         " (also report.json, embedding_view.html)"
     )
 

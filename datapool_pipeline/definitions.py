@@ -9,6 +9,7 @@ import dagster as dg
 
 from datapool_pipeline.assets import DatasetAssets, build_dataset_assets
 from datapool_pipeline.assets.checks import build_datapool_checks
+from datapool_pipeline.assets.resources import storage_resources
 from datapool_pipeline.datasets import DatasetSpec, load_datasets
 from datapool_pipeline.errors import ConfigError
 from datapool_pipeline.sensors import build_sensor
@@ -49,7 +50,10 @@ def build_definitions(datasets_path: str | None = None) -> dg.Definitions:
         jobs=[b.job for b in built.values()],
         sensors=[build_sensor(b) for b in built.values()],
         executor=backfill_executor(),
-        resources={k: v for b in built.values() for k, v in b.resources.items()},
+        resources={
+            **{k: v for b in built.values() for k, v in b.resources.items()},
+            **storage_resources([b.spec for b in built.values()]),  # S3/GCS/AzureBlobStorageResource per side
+        },
     )
 
 
@@ -58,7 +62,8 @@ def job_for_dataset(dataset: str, datasets_path: str | None = None) -> dg.JobDef
     specs = load_datasets(datasets_path)
     built = build_all({dataset: specs[dataset]})[dataset]
     defs = dg.Definitions(
-        assets=built.assets, asset_checks=build_datapool_checks(built.spec), jobs=[built.job], resources=built.resources
+        assets=built.assets, asset_checks=build_datapool_checks(built.spec), jobs=[built.job],
+        resources={**built.resources, **storage_resources([built.spec])},
     )
     return defs.resolve_job_def(built.job.name)
 

@@ -13,13 +13,14 @@ import dagster as dg
 import polars as pl
 
 from datapool_pipeline.assets import names
+from datapool_pipeline.assets.resources import storage_for
 from datapool_pipeline.assets.runs import DATASET_TAG, partition_range_tags
 from datapool_pipeline.config import RunConfig
 from datapool_pipeline.datapool import DatapoolStore, tables
 from datapool_pipeline.datasets import DatasetSpec
 from datapool_pipeline.errors import RunAborted
 from datapool_pipeline.media.kinds import media_kind
-from datapool_pipeline.storage import Storage, open_storage
+from datapool_pipeline.storage import Storage
 from datapool_pipeline.storage.local import LocalStorage
 from datapool_pipeline.storage.verify import verify_access
 from datapool_pipeline.workflow.discovery import (
@@ -55,8 +56,8 @@ def prepare_run(
 ) -> PreparedRun:
     """Register the shards of every file the run needs (adding missing dynamic partitions now) and
     return the range covering them. Raises RunAborted (nothing written) when there is nothing to do."""
-    store = DatapoolStore(open_storage(spec.output))
-    input_storage = open_storage(spec.input)
+    store = DatapoolStore(storage_for(spec, "output"))
+    input_storage = storage_for(spec, "input")
     if not spec.bypass_verify:
         verify_access(spec.name, input_storage, store.storage)
     store.check_owner(spec.name, spec.type, claim=True)

@@ -5,11 +5,11 @@ from __future__ import annotations
 import dagster as dg
 
 from datapool_pipeline.assets import DatasetAssets
+from datapool_pipeline.assets.resources import storage_for
 from datapool_pipeline.assets.run_config import op_run_config
 from datapool_pipeline.assets.runs import DATASET_TAG, partition_range_tags
 from datapool_pipeline.datapool import DatapoolStore
 from datapool_pipeline.launch import ScanCursor, scan_new_files
-from datapool_pipeline.storage import open_storage
 
 TRIGGER_TAG = "datapool/trigger"
 FILES_TAG = "datapool/files"
@@ -36,9 +36,9 @@ def build_sensor(built: DatasetAssets) -> dg.SensorDefinition:
     )
     def new_files_sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult:
         cursor = ScanCursor.parse(context.cursor)
-        store = DatapoolStore(open_storage(spec.output))
+        store = DatapoolStore(storage_for(spec, "output"))
         existing = context.instance.get_dynamic_partitions(partitions.name or "")
-        scan = scan_new_files(spec, store, open_storage(spec.input), existing, cursor)
+        scan = scan_new_files(spec, store, storage_for(spec, "input"), existing, cursor)
         where = f"listed {scan.listed} object(s) after {cursor.after or 'the start'!r}"
         if not scan.batches:
             return dg.SensorResult(

@@ -6,11 +6,11 @@ from collections.abc import Callable
 
 import dagster as dg
 
+from datapool_pipeline.assets.resources import storage_for
 from datapool_pipeline.datapool import DatapoolStore
 from datapool_pipeline.datapool.integrity import CheckOutcome, duplicate_samples, embedding_norms, empty_tags
 from datapool_pipeline.datapool.store import DatapoolState
 from datapool_pipeline.datasets import DatasetSpec
-from datapool_pipeline.storage import open_storage
 
 _CHECKS: dict[str, tuple[Callable[[DatapoolState], CheckOutcome], str]] = {
     "no_sample_twice": (duplicate_samples, "Every sample is in the datapool at most once; tags never overlap."),
@@ -26,7 +26,7 @@ def build_datapool_checks(spec: DatasetSpec) -> list[dg.AssetChecksDefinition]:
     def make(name: str, fn: Callable[[DatapoolState], CheckOutcome], description: str) -> dg.AssetChecksDefinition:
         @dg.asset_check(asset=tag_key, name=name, description=description)
         def _check() -> dg.AssetCheckResult:
-            state = DatapoolStore(open_storage(spec.output)).load_state()
+            state = DatapoolStore(storage_for(spec, "output")).load_state()
             outcome = fn(state)
             return dg.AssetCheckResult(
                 passed=outcome.passed,

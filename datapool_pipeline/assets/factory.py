@@ -16,6 +16,7 @@ import dagster as dg
 
 from datapool_pipeline.assets import names
 from datapool_pipeline.assets.io_manager import datapool_io_manager
+from datapool_pipeline.assets.resources import storage_for
 from datapool_pipeline.assets.run_config import DatapoolRunConfig
 from datapool_pipeline.assets.runs import BACKFILL_TAG, DATASET_TAG, run_shard_keys
 from datapool_pipeline.datapool import INITIAL_TAG, DatapoolStore
@@ -23,7 +24,6 @@ from datapool_pipeline.datasets import DatasetSpec
 from datapool_pipeline.embedding import load_model
 from datapool_pipeline.errors import ConfigError, DatapoolError
 from datapool_pipeline.report import build_report, write_report
-from datapool_pipeline.storage import open_storage
 from datapool_pipeline.storage.verify import verify_access
 from datapool_pipeline.workflow.commit import commit_staged
 from datapool_pipeline.workflow.discovery import RunPlan, check_use_datapool, plan_run
@@ -73,8 +73,8 @@ def build_dataset_assets(spec: DatasetSpec) -> DatasetAssets:
     prefix = spec.asset_prefix
     partitions = dg.DynamicPartitionsDefinition(name=names.partitions_name(spec))
     group = prefix
-    input_storage = open_storage(spec.input)
-    store = DatapoolStore(open_storage(spec.output))
+    input_storage = storage_for(spec, "input")
+    store = DatapoolStore(storage_for(spec, "output"))
     kind = "videos" if spec.type == "VIDEOS" else "images"
     io_key = names.io_manager_key(spec)
     tags = {DATASET_TAG: spec.name}

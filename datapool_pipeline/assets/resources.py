@@ -16,6 +16,7 @@ The same resource objects serve the CLI and sensors, outside a run (`storage_for
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import re
@@ -23,16 +24,6 @@ import threading
 from collections.abc import Iterator
 from typing import Any
 
-import dagster as dg
-from dagster_aws.s3 import S3Resource
-from dagster_azure.blob import (
-    AzureBlobStorageAnonymousCredential,
-    AzureBlobStorageDefaultCredential,
-    AzureBlobStorageKeyCredential,
-    AzureBlobStorageResource,
-    AzureBlobStorageSASTokenCredential,
-)
-from dagster_gcp.gcs import GCSResource
 from pydantic import Field
 
 from datapool_pipeline.datasets import DatasetSpec
@@ -44,80 +35,133 @@ from datapool_pipeline.storage.retry import RETRY_ENV, retry_settings
 SIDES = ("input", "output")
 
 
+def _env_prefix_field() -> Any:
+    return Field(default="", description="Prefix of the environment variables these values come from.")
+
+
 # -- the resources --------------------------------------------------------------------------------
-class DatapoolS3Resource(S3Resource):
-    """dagster-aws's S3Resource; its client has our retry/timeout/pool settings, and assumes a role
-    (with an external id) on top of the keys when role_arn is set."""
+# Each integration takes 1-2 s to import, so each class is made on first use (module __getattr__), and
+# dagster itself is imported only by them: `datapool tags` on a local dataset imports no Dagster at all,
+# on an S3 dataset only dagster-aws.
+class StorageResourceMixin:
+    """What every storage resource here adds to its integration's resource."""
 
-    role_arn: str | None = Field(default=None, description="IAM role assumed with STS for delegated access.")
-    external_id: str | None = Field(default=None, description="External id the role's trust policy requires.")
-    role_session_name: str | None = Field(default=None, description="STS session name (default: datapool).")
-    role_duration_seconds: str | None = Field(default=None, description="STS session length, 900..43200 s.")
-    addressing_style: str | None = Field(default=None, description="S3 addressing style: auto, path, virtual.")
-    env_prefix: str = Field(default="", description="Prefix of the environment variables these values come from.")
+    env_prefix: str
 
-    def get_client(self) -> Any:
-        return s3.make_s3_client(
-            access_key_id=self.aws_access_key_id, secret_access_key=self.aws_secret_access_key,
-            session_token=self.aws_session_token, profile=self.profile_name, region=self.region_name,
-            endpoint_url=self.endpoint_url, role_arn=self.role_arn, external_id=self.external_id,
-            session_name=self.role_session_name, duration_seconds=self.role_duration_seconds,
-            addressing_style=self.addressing_style, attempts=self.max_attempts, env_prefix=self.env_prefix,
-            use_ssl=self.use_ssl, verify=self.verify,
-        )
+    def storage_client(self) -> Any:
+        """A long-lived SDK client for our storage backend (shared, thread-safe)."""
+        raise NotImplementedError
 
     def get_object_to_set_on_execution_context(self) -> Any:
         return self  # context.resources.<key> is the resource: storage_for reuses one client per config
 
 
-class DatapoolGCSResource(GCSResource):
-    """dagster-gcp's GCSResource (project) plus the service-account JSON value or a credentials file;
-    without either, application-default credentials (as GCSResource)."""
-
-    service_account_json: str | None = Field(default=None, description="Service-account JSON key (the text).")
-    credentials_file: str | None = Field(default=None, description="Path of a Google credentials file.")
-    env_prefix: str = Field(default="", description="Prefix of the environment variables these values come from.")
-
-    def get_client(self) -> Any:
-        return gcs.make_gcs_client(
-            project=self.project, service_account_json=self.service_account_json,
-            credentials_file=self.credentials_file, env_prefix=self.env_prefix,
-        )
-
-    def get_object_to_set_on_execution_context(self) -> Any:
-        return self
+def _top_level(cls: type) -> type:
+    cls.__module__, cls.__qualname__ = __name__, cls.__name__
+    return cls
 
 
-class DatapoolAzureBlobStorageResource(AzureBlobStorageResource):
-    """dagster-azure's AzureBlobStorageResource (account URL + SAS / key / DefaultAzureCredential) plus a
-    connection string; `service_client()` is a long-lived client with our retry policy (`get_client()` is
-    the integration's context manager around it)."""
+@functools.cache
+def _s3_class() -> type:
+    from dagster_aws.s3 import S3Resource
 
-    connection_string: str | None = Field(default=None, description="Storage account connection string.")
-    account: str | None = Field(default=None, description="Storage account name (for an account key).")
-    env_prefix: str = Field(default="", description="Prefix of the environment variables these values come from.")
+    class DatapoolS3Resource(StorageResourceMixin, S3Resource):
+        """dagster-aws's S3Resource; its client has our retry/timeout/pool settings, and assumes a role
+        (with an external id) on top of the keys when role_arn is set."""
 
-    def service_client(self) -> Any:
-        cred = self.credential
-        kind = cred.credential_type
-        return az.make_service_client(
-            connection_string=self.connection_string, account_url=self.account_url, account=self.account,
-            sas_token=cred.token if kind == "sas" else None,  # type: ignore[union-attr]
-            account_key=cred.key if kind == "key" else None,  # type: ignore[union-attr]
-            credential=self._raw_credential() if kind == "default_azure_credential" else None,
-            env_prefix=self.env_prefix,
-        )
+        role_arn: str | None = Field(default=None, description="IAM role assumed with STS (delegated access).")
+        external_id: str | None = Field(default=None, description="External id the role's trust policy requires.")
+        role_session_name: str | None = Field(default=None, description="STS session name (default: datapool).")
+        role_duration_seconds: str | None = Field(default=None, description="STS session length, 900..43200 s.")
+        addressing_style: str | None = Field(default=None, description="S3 addressing style: auto, path, virtual.")
+        env_prefix: str = _env_prefix_field()
 
-    @contextlib.contextmanager
-    def get_client(self) -> Iterator[Any]:  # type: ignore[override]
-        service = self.service_client()
-        try:
-            yield service
-        finally:
-            service.close()
+        def get_client(self) -> Any:
+            return s3.make_s3_client(
+                access_key_id=self.aws_access_key_id, secret_access_key=self.aws_secret_access_key,
+                session_token=self.aws_session_token, profile=self.profile_name, region=self.region_name,
+                endpoint_url=self.endpoint_url, role_arn=self.role_arn, external_id=self.external_id,
+                session_name=self.role_session_name, duration_seconds=self.role_duration_seconds,
+                addressing_style=self.addressing_style, attempts=self.max_attempts, env_prefix=self.env_prefix,
+                use_ssl=self.use_ssl, verify=self.verify,
+            )
+
+        def storage_client(self) -> Any:
+            return self.get_client()
+
+    return _top_level(DatapoolS3Resource)
 
 
-StorageResource = DatapoolS3Resource | DatapoolGCSResource | DatapoolAzureBlobStorageResource
+@functools.cache
+def _gcs_class() -> type:
+    from dagster_gcp.gcs import GCSResource
+
+    class DatapoolGCSResource(StorageResourceMixin, GCSResource):
+        """dagster-gcp's GCSResource (project) plus the service-account JSON value or a credentials file;
+        without either, application-default credentials (as GCSResource)."""
+
+        service_account_json: str | None = Field(default=None, description="Service-account JSON key (the text).")
+        credentials_file: str | None = Field(default=None, description="Path of a Google credentials file.")
+        env_prefix: str = _env_prefix_field()
+
+        def get_client(self) -> Any:
+            return gcs.make_gcs_client(
+                project=self.project, service_account_json=self.service_account_json,
+                credentials_file=self.credentials_file, env_prefix=self.env_prefix,
+            )
+
+        def storage_client(self) -> Any:
+            return self.get_client()
+
+    return _top_level(DatapoolGCSResource)
+
+
+@functools.cache
+def _azure_class() -> type:
+    from dagster_azure.blob import AzureBlobStorageResource
+
+    class DatapoolAzureBlobStorageResource(StorageResourceMixin, AzureBlobStorageResource):
+        """dagster-azure's AzureBlobStorageResource (account URL + SAS / key / DefaultAzureCredential) plus a
+        connection string; `storage_client()` is a long-lived client with our retry policy (`get_client()`
+        is the integration's context manager around one)."""
+
+        connection_string: str | None = Field(default=None, description="Storage account connection string.")
+        account: str | None = Field(default=None, description="Storage account name (for an account key).")
+        env_prefix: str = _env_prefix_field()
+
+        def storage_client(self) -> Any:
+            cred = self.credential
+            kind = cred.credential_type
+            return az.make_service_client(
+                connection_string=self.connection_string, account_url=self.account_url, account=self.account,
+                sas_token=cred.token if kind == "sas" else None,  # type: ignore[union-attr]
+                account_key=cred.key if kind == "key" else None,  # type: ignore[union-attr]
+                credential=self._raw_credential() if kind == "default_azure_credential" else None,
+                env_prefix=self.env_prefix,
+            )
+
+        @contextlib.contextmanager
+        def get_client(self) -> Iterator[Any]:  # type: ignore[override]
+            service = self.storage_client()
+            try:
+                yield service
+            finally:
+                service.close()
+
+    return _top_level(DatapoolAzureBlobStorageResource)
+
+
+_CLASSES = {"DatapoolS3Resource": _s3_class, "DatapoolGCSResource": _gcs_class,
+            "DatapoolAzureBlobStorageResource": _azure_class}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _CLASSES:
+        return _CLASSES[name]()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+StorageResource = Any  # one of the three classes above
 
 
 # -- which resource, from which variables ---------------------------------------------------------
@@ -139,17 +183,19 @@ def storage_resource(uri: str, env_prefix: str = "") -> StorageResource | None:
     A field is bound to a variable (as an EnvVar) when that variable is set now; unset ones stay empty
     so that the SDK's own defaults apply (boto3's chain, application-default credentials)."""
 
+    from dagster import EnvVar
+
     def var(*names: str) -> Any:
         for name in names:
             if os.environ.get(env_prefix + name, "").strip():
-                return dg.EnvVar(env_prefix + name)
+                return EnvVar(env_prefix + name)
         return None
 
     def value(name: str) -> str | None:
         return os.environ.get(env_prefix + name, "").strip() or None
 
     if uri.startswith("s3://"):
-        return DatapoolS3Resource(
+        return _s3_class()(
             aws_access_key_id=var("AWS_ACCESS_KEY_ID"), aws_secret_access_key=var("AWS_SECRET_ACCESS_KEY"),
             aws_session_token=var("AWS_SESSION_TOKEN"), profile_name=var("AWS_PROFILE"),
             region_name=var("AWS_REGION", "AWS_DEFAULT_REGION"),
@@ -160,12 +206,19 @@ def storage_resource(uri: str, env_prefix: str = "") -> StorageResource | None:
             env_prefix=env_prefix,
         )
     if uri.startswith("gs://"):
-        return DatapoolGCSResource(
+        return _gcs_class()(
             project=var(gcs.PROJECT_ENV), service_account_json=var(gcs.SERVICE_ACCOUNT_JSON_ENV),
             credentials_file=var(gcs.CREDENTIALS_FILE_ENV) if env_prefix else None,  # standard: ADC reads it
             env_prefix=env_prefix,
         )
     if uri.startswith("az://"):
+        from dagster_azure.blob import (
+            AzureBlobStorageAnonymousCredential,
+            AzureBlobStorageDefaultCredential,
+            AzureBlobStorageKeyCredential,
+            AzureBlobStorageSASTokenCredential,
+        )
+
         credential: Any
         if value(az.CONNECTION_STRING_ENV):
             credential = AzureBlobStorageAnonymousCredential()  # the connection string holds the credential
@@ -177,7 +230,7 @@ def storage_resource(uri: str, env_prefix: str = "") -> StorageResource | None:
             credential = AzureBlobStorageDefaultCredential()
         account = value(az.ACCOUNT_ENV)
         account_url = var(az.ACCOUNT_URL_ENV) or (f"https://{account}.blob.core.windows.net" if account else "")
-        return DatapoolAzureBlobStorageResource(
+        return _azure_class()(
             account_url=account_url, credential=credential, connection_string=var(az.CONNECTION_STRING_ENV),
             account=var(az.ACCOUNT_ENV), env_prefix=env_prefix,
         )
@@ -206,9 +259,11 @@ _CLIENTS_LOCK = threading.Lock()
 
 def _resolved(resource: StorageResource) -> StorageResource:
     """The resource with its EnvVars read (a no-op for one Dagster initialized for a run)."""
+    from dagster import DagsterInvalidConfigError
+
     try:
         return resource.process_config_and_initialize()
-    except dg.DagsterInvalidConfigError as exc:
+    except DagsterInvalidConfigError as exc:
         # An EnvVar bound when the definitions loaded, unset now: name the variables (never values).
         names = sorted(set(re.findall(r'environment variable "([A-Za-z0-9_]+)"', str(exc))))
         if not names:
@@ -226,11 +281,7 @@ def client_for(resource: StorageResource) -> Any:
     with _CLIENTS_LOCK:
         client = _CLIENTS.get(key)
         if client is None:
-            if isinstance(resolved, DatapoolAzureBlobStorageResource):
-                client = resolved.service_client()
-            else:
-                client = resolved.get_client()
-            _CLIENTS[key] = client
+            client = _CLIENTS[key] = resolved.storage_client()
     return client
 
 
@@ -241,12 +292,11 @@ def storage_at(uri: str, resource: Any = None, env_prefix: str = "") -> Storage:
         return open_storage(uri)
     if resource is None:
         resource = storage_resource(uri, env_prefix)
-    if isinstance(resource, (DatapoolS3Resource, DatapoolGCSResource, DatapoolAzureBlobStorageResource)):
-        env_prefix = resource.env_prefix
-        client = client_for(resource)
-    else:
-        client = resource
-    return open_storage(uri, client=client, env_prefix=env_prefix)
+    if isinstance(resource, StorageResourceMixin):
+        # The client (and the EnvVars) on first use: definitions load without network or credentials.
+        chosen = resource
+        return open_storage(uri, client_factory=lambda: client_for(chosen), env_prefix=resource.env_prefix)
+    return open_storage(uri, client=resource, env_prefix=env_prefix)
 
 
 def storage_for(spec: DatasetSpec, side: str, resource: Any = None) -> Storage:

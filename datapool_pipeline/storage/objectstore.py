@@ -8,7 +8,7 @@ import contextlib
 import os
 import tempfile
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from functools import cached_property
 from typing import Any
 
@@ -51,13 +51,17 @@ class ObjectStore(Storage):
     page_size: int = 1000
     """Objects per listing request; listing streams page by page and never holds more than one."""
 
-    def __init__(self, uri: str, client: Any = None, env_prefix: str = "") -> None:
-        """`client`: an SDK client made by the caller (e.g. from a Dagster resource), used as given; without
-        one, a client is made from the standard environment variables on first use. `env_prefix` (e.g.
-        "RAW_") is prepended to the variable names that error messages point at."""
+    def __init__(
+        self, uri: str, client: Any = None, env_prefix: str = "", client_factory: Callable[[], Any] | None = None
+    ) -> None:
+        """`client`: an SDK client made by the caller (e.g. from a Dagster resource), used as given;
+        `client_factory`: makes that client on first use instead; with neither, a client is made from the
+        standard environment variables on first use. `env_prefix` (e.g. "RAW_") is prepended to the
+        variable names that error messages point at."""
         self.bucket, self.prefix = split_uri(uri, self.scheme)
         self.uri = f"{self.scheme}{self.bucket}" + (f"/{self.prefix}" if self.prefix else "")
         self.env_prefix = env_prefix
+        self._client_factory = client_factory
         if client is not None:
             self.__dict__["client"] = self._bind(client)  # fills the cached_property below
 
@@ -86,6 +90,8 @@ class ObjectStore(Storage):
 
     @cached_property
     def client(self) -> Any:
+        if self._client_factory is not None:
+            return self._bind(self._client_factory())
         cache_key = (type(self).__name__, *(os.environ.get(v, "") for v in (*self.client_env, *RETRY_ENV)))
         with _CLIENTS_LOCK:
             shared = _CLIENTS.get(cache_key)

@@ -34,7 +34,7 @@ def open_storage(uri: str) -> Storage:
     scheme = {"s3://": "s3", "gs://": "gcs", "az://": "azure"}[uri[:5]]
     assert isinstance(resource, _RESOURCE_TYPES[scheme])
     storage = storage_at(uri, resource)
-    assert "client" in storage.__dict__  # the injected client, not one made from the environment
+    assert storage._client_factory is not None  # the resource's client, not one made from the environment
     return storage
 
 
