@@ -7,7 +7,10 @@ from typing import Literal
 from datapool_pipeline.storage.base import is_safe_key
 
 MediaKind = Literal["IMAGES", "VIDEOS", "OTHER", "UNSAFE_KEY"]
-UNSAFE_KEY_REASON = "unsafe key (a '..' or '.' segment, an empty segment or a leading '/'): never used as a path"
+UNSAFE_KEY_REASON = (
+    "unsafe key (a '..' or '.' segment, an empty segment, a leading '/' or a control character such as a "
+    "newline): never used as a path"
+)
 
 IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".jfif", ".ppm", ".pgm"}

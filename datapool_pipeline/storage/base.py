@@ -78,8 +78,14 @@ class Storage(abc.ABC):
 
 def is_safe_key(key: str) -> bool:
     """False for keys that could escape the datasource root: empty, a leading '/', or a '', '.' or '..'
-    segment (legal object names on S3, GCS and Azure, but never usable as paths)."""
-    return bool(key) and not key.startswith("/") and not any(p in ("", ".", "..") for p in key.split("/"))
+    segment (legal object names on S3, GCS and Azure, but never usable as paths); and for keys with
+    control characters (a newline would split `datapool export`'s one-filename-per-line output)."""
+    return (
+        bool(key)
+        and not key.startswith("/")
+        and not any(p in ("", ".", "..") for p in key.split("/"))
+        and not any(ord(c) < 32 or ord(c) == 127 for c in key)
+    )
 
 
 def check_key(key: str) -> str:

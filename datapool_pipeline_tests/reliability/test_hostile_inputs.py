@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import json
+import shutil
 import struct
 import subprocess
 import zlib
@@ -54,7 +55,9 @@ def _video_corpus(folder: Path) -> tuple[set[str], set[str]]:
         assert (folder / name).stat().st_size > 0, f"could not generate {name}"
     processed = {"good.mp4", "variable-rate.mp4", rotated.name, ten_bit.name, "ünïcode 日本 clip.mp4",
                  "dots..in..name.mp4"}
-    skipped = {"truncated.mp4", "zero-bytes.mp4", "text-named.mp4", "audio-only.mp4"}
+    # A playable video whose name holds a newline: skipped as an unsafe key (export prints one per line).
+    shutil.copy(good, folder / "new\nline.mp4")
+    skipped = {"truncated.mp4", "zero-bytes.mp4", "text-named.mp4", "audio-only.mp4", "new\nline.mp4"}
     return processed, skipped
 
 
@@ -130,6 +133,8 @@ def test_hostile_videos_are_processed_or_skipped_and_reported(cli, tmp_path: Pat
     for sample in rotated:
         assert Image.open(output / sample).size == (240, 320)
     assert _files_outside(tmp_path, [output, dagster_home]) == before
+    exported = cli("--datasets", str(yaml_path), "export", "hostile", "--tag", "initial-tag").out.splitlines()
+    assert len(exported) == 30 and all((output / name).is_file() for name in exported)
 
 
 def test_hostile_images_are_processed_or_skipped_and_reported(cli, tmp_path: Path, dagster_home: Path) -> None:
