@@ -10,6 +10,7 @@ import dagster as dg
 from datapool_pipeline.assets import DatasetAssets, build_dataset_assets
 from datapool_pipeline.assets.checks import build_datapool_checks
 from datapool_pipeline.assets.resources import storage_resources
+from datapool_pipeline.assets.ui_launch import build_launch_job, build_launch_sensor
 from datapool_pipeline.datasets import DatasetSpec, load_datasets
 from datapool_pipeline.errors import ConfigError
 from datapool_pipeline.sensors import build_sensor
@@ -47,8 +48,8 @@ def build_definitions(datasets_path: str | None = None) -> dg.Definitions:
     return dg.Definitions(
         assets=[a for b in built.values() for a in b.assets],
         asset_checks=[c for b in built.values() for c in build_datapool_checks(b.spec)],
-        jobs=[b.job for b in built.values()],
-        sensors=[build_sensor(b) for b in built.values()],
+        jobs=[j for b in built.values() for j in (b.job, build_launch_job(b))],
+        sensors=[s for b in built.values() for s in (build_sensor(b), build_launch_sensor(b))],
         executor=backfill_executor(),
         resources={
             **{k: v for b in built.values() for k, v in b.resources.items()},
