@@ -13,4 +13,5 @@ if [ "$code" -eq 5 ]; then
   echo "test: pytest collected no tests" >&2
   exit 1
 fi
+if [ "$code" -eq 0 ] && [ $# -eq 0 ]; then bash scripts/check_image.sh; fi  # whole suite passed: check the image (deploy/)
 exit "$code"
