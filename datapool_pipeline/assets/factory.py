@@ -16,6 +16,7 @@ import dagster as dg
 
 from datapool_pipeline.assets import names
 from datapool_pipeline.assets.io_manager import datapool_io_manager
+from datapool_pipeline.assets.k8s_tags import embed_step_k8s_tags
 from datapool_pipeline.assets.resources import storage_for
 from datapool_pipeline.assets.run_config import DatapoolRunConfig
 from datapool_pipeline.assets.runs import BACKFILL_TAG, DATASET_TAG, run_shard_keys
@@ -152,6 +153,7 @@ def build_dataset_assets(spec: DatasetSpec) -> DatasetAssets:
             description=f"Per shard: L2-normalised open_clip {spec.embedding.model} embeddings of every "
             "frame/image, cached per model so they are never recomputed.",
             pool=names.pool_name(spec, "embed"),
+            op_tags=embed_step_k8s_tags(),  # pod resources / GPU node under k8s_job_executor
             kinds={"python", "pytorch", "parquet"},
             code_version=embeddings_version,
             retry_policy=retry,
