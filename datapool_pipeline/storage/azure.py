@@ -152,6 +152,8 @@ class AzureBlobStorage(ObjectStore):
                 reason = f"the credentials were rejected ({code}){self._check_hint()}"
             elif exc.status_code == 403:
                 reason = f"access denied ({code}): the credential lacks the permission"
+                if self.env_prefix:  # say which side's variables were used
+                    reason += self._check_hint()
             elif exc.status_code and (exc.status_code >= 500 or exc.status_code in (408, 429)):
                 kind = "throttled" if code in ("ServerBusy", "429") or exc.status_code == 429 else "server error"
                 reason = (f"gave up after {retry_settings().attempts} attempt(s): {kind} ({code}, "

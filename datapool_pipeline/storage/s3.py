@@ -46,7 +46,8 @@ def _client_error_reason(exc: Any, env_prefix: str = "") -> str:
         return (f"the credentials were rejected ({code}): check {env_prefix}AWS_ACCESS_KEY_ID / "
                 f"{env_prefix}AWS_SECRET_ACCESS_KEY")
     if code in ("AccessDenied", "403", "AllAccessDisabled"):
-        return f"access denied ({code})"
+        # With prefixed credentials, say which side's key was refused.
+        return f"access denied ({code})" + (f" for the key in {env_prefix}AWS_ACCESS_KEY_ID" if env_prefix else "")
     status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
     if code in _THROTTLING or status >= 500:
         attempts = int(exc.response.get("ResponseMetadata", {}).get("RetryAttempts") or 0) + 1

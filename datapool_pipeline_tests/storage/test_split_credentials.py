@@ -131,7 +131,7 @@ def test_input_and_output_use_their_own_keys(
     raw = storage_for(spec, "input", resources["vendor_input_storage"])
     assert [(i.key, i.size) for i in raw.list()] == [("a/clip.bin", 10)]
     assert raw.read_bytes("a/clip.bin") == b"0123456789"
-    with pytest.raises(StorageError, match="access denied"):
+    with pytest.raises(StorageError, match=r"access denied \(AccessDenied\) for the key in RAW_AWS_ACCESS_KEY_ID"):
         raw.write_bytes("a/other.bin", b"no")  # the input key is read-only
     out = storage_for(spec, "output")  # outside a run: the same resource, built from the environment
     out.write_bytes("datapool/x.json", b"{}")
@@ -250,3 +250,44 @@ def test_definitions_show_each_side_as_a_resource_with_variable_names_only(
     assert out.configured_values["connection_string"].name == "AZURE_STORAGE_CONNECTION_STRING"
     text = serialize_value(snap)
     assert secret not in text and "AKIDRAWKEY" not in text and "c2VjcmV0" not in text
+
+
+def test_azure_sides_with_their_own_prefixes(azure, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: ANN001
+    """Azurite: the input through RAW_* (a read/list-only SAS), the output through OUT_* (the account key);
+    the standard AZURE_* variables are unset, so nothing but the prefixed ones can be used."""
+    import datetime as dt
+
+    from azure.storage.blob import AccountSasPermissions, ResourceTypes, generate_account_sas
+
+    from datapool_pipeline_tests.storage.conftest import AZURITE_ACCOUNT, AZURITE_KEY
+
+    input_uri, output_uri = azure.location("raw"), azure.location("lightly")
+    storage_at(input_uri).write_bytes("a.bin", b"abc")  # with the standard variables, before they go
+    sas = generate_account_sas(
+        AZURITE_ACCOUNT, AZURITE_KEY, ResourceTypes(service=True, container=True, object=True),
+        AccountSasPermissions(read=True, list=True), expiry=dt.datetime.now(dt.timezone.utc) + dt.timedelta(hours=1),
+    )
+    for var in ("AZURE_STORAGE_ACCOUNT_URL", "AZURE_STORAGE_KEY"):
+        monkeypatch.delenv(var)
+    monkeypatch.setenv("RAW_AZURE_STORAGE_ACCOUNT_URL", azure.endpoint)
+    monkeypatch.setenv("RAW_AZURE_STORAGE_SAS_TOKEN", sas)
+    monkeypatch.setenv("OUT_AZURE_STORAGE_ACCOUNT_URL", azure.endpoint)
+    monkeypatch.setenv("OUT_AZURE_STORAGE_KEY", AZURITE_KEY)
+    raw = {"datasets": {"vendor": {"type": "VIDEOS", "input": input_uri, "output": output_uri,
+                                   "credentials": {"input": "RAW", "output": "OUT"}}}}
+    spec = parse_datasets(raw, Path("."))["vendor"]
+
+    reader = storage_for(spec, "input")
+    assert [i.key for i in reader.list()] == ["a.bin"] and reader.read_bytes("a.bin") == b"abc"
+    with pytest.raises(StorageError, match="access denied"):
+        reader.write_bytes("b.bin", b"no")
+    writer = storage_for(spec, "output")
+    writer.write_bytes("datapool/x.json", b"{}")
+    assert writer.read_bytes("datapool/x.json") == b"{}"
+
+    wrong_key = "d3Jvbmcta2V5LXZhbHVlLTAxMjM0NTY3ODk="
+    monkeypatch.setenv("OUT_AZURE_STORAGE_KEY", wrong_key)
+    with pytest.raises(StorageError) as info:
+        storage_for(spec, "output").write_bytes("datapool/y.json", b"{}")
+    message = str(info.value)
+    assert "OUT_AZURE_STORAGE_KEY" in message and wrong_key not in message and AZURITE_KEY not in message
