@@ -19,6 +19,7 @@ from datapool_pipeline.errors import CommittedButIncomplete, ConfigError, Datapo
 EXIT_ABORTED = 1
 EXIT_BAD_CONFIG = 2
 EXIT_COMMITTED_INCOMPLETE = 3
+EXIT_DAMAGED = 4  # `datapool check` found damage (that --repair did not repair)
 DEFAULT_DAGSTER_HOME = ".dagster_home"
 DEFAULT_INSTANCE_YAML = """\
 # Written by `datapool` for a new DAGSTER_HOME: SQLite storage, one datapool run per dataset at a time.
@@ -65,6 +66,14 @@ def _parser() -> argparse.ArgumentParser:
     export.add_argument(
         "--uri", action="store_true", help="print full locations (datasource + key) instead of keys"
     )
+    check = sub.add_parser(
+        "check", help="verify the datapool state (manifests, parts, frames, index, leftovers); exit 4 if damaged"
+    )
+    check.add_argument("dataset")
+    check.add_argument(
+        "--repair", action="store_true",
+        help="drop a damaged last commit and delete old leftovers (temp files, unreferenced parts and frames)",
+    )
     return parser
 
 
@@ -84,6 +93,8 @@ def main(argv: list[str] | None = None) -> int:
             return _export(spec, args.tag, args.uri)
         if args.command == "resume":
             return _resume(spec, args)
+        if args.command == "check":
+            return _check(spec, args.repair)
         return _run(spec, args)
     except ConfigError as exc:
         print(f"datapool: error: {exc}", file=sys.stderr)
@@ -116,6 +127,23 @@ def _export(spec: DatasetSpec, tag: str, uri: bool) -> int:
     for name in samples.sort(["raw_key", "frame_index"])["sample_id"].to_list():
         out.write((base.display(name) if uri else name) + "\n")
     return 0
+
+
+def _check(spec: DatasetSpec, repair: bool) -> int:
+    from datapool_pipeline.datapool.check import check_datapool
+
+    store = DatapoolStore(storage_for(spec, "output"))
+    try:
+        store.check_owner(spec.name, spec.type, claim=False)  # another dataset's datapool: exit 2
+    except ConfigError:
+        raise
+    except DatapoolError:
+        pass  # a damaged dataset.json: one of the check's findings
+    result = check_datapool(store, dataset_type=spec.type, repair=repair)
+    for finding in result.findings:
+        print(finding.line())
+    print(f"datapool check {spec.name} ({store.storage.display()}): {result.summary()}")
+    return EXIT_DAMAGED if result.damage else 0
 
 
 def _merged_run_config(args: argparse.Namespace) -> dict[str, Any]:
@@ -181,8 +209,10 @@ def _run(spec: DatasetSpec, args: argparse.Namespace) -> int:
     _dagster_home()
     import dagster as dg
 
+    from datapool_pipeline.assets.names import datapool_job_name
     from datapool_pipeline.assets.run_config import op_run_config
     from datapool_pipeline.launch import prepare_run, run_tags
+    from datapool_pipeline.submit import launch_mode, submit_and_follow
 
     datasets_path = str(datasets_file(args.datasets).resolve())
     os.environ[DATASETS_ENV] = datasets_path
@@ -198,8 +228,17 @@ def _run(spec: DatasetSpec, args: argparse.Namespace) -> int:
         )
         dagster_config = op_run_config(f"{spec.asset_prefix}__raw_files", raw_config)
         dagster_config["loggers"] = {"console": {"config": {"log_level": "INFO"}}}
-        tags = {**run_tags(spec, prepared), **launcher_tags()}
-        run_id = _execute(spec, datasets_path, instance, dagster_config, tags)
+        tags = run_tags(spec, prepared)
+        if launch_mode(instance) == "instance":
+            run_id, events = submit_and_follow(
+                instance, datapool_job_name(spec), dagster_config, tags,
+                log=lambda m: print(f"datapool: {m}", file=sys.stderr),
+            )
+            if not any(e.event_type == dg.DagsterEventType.RUN_SUCCESS for e in events):
+                reason, kind = _failure_reason(events)
+                _raise_failure(spec, instance, run_id, reason, kind)
+        else:
+            run_id = _execute(spec, datasets_path, instance, dagster_config, {**tags, **launcher_tags()})
     _print_commit(spec, run_id)
     return 0
 
@@ -219,7 +258,7 @@ def _execute(
         reexecution_options=reexecution,
     ) as result:
         if not result.success:
-            reason, kind = _failure_reason(result)
+            reason, kind = _failure_reason(result.all_events)
             _raise_failure(spec, instance, result.run_id, reason, kind)
         return result.run_id
 
@@ -321,9 +360,9 @@ def _print_commit(spec: DatasetSpec, run_id: str) -> None:
     )
 
 
-def _failure_reason(result: Any) -> tuple[str, str]:
+def _failure_reason(events: Any) -> tuple[str, str]:
     """The first failed step's one-line reason, and its kind ("config" or "aborted")."""
-    for event in result.all_events:
+    for event in events:
         if event.is_step_failure:
             user = event.step_failure_data.user_failure_data
             if user is not None and user.description:
