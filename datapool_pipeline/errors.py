@@ -22,3 +22,8 @@ class CommittedButIncomplete(DatapoolError):
 
 class ConcurrentCommitError(RunAborted):
     """Another run committed to the same datapool first; this run's tag was not written."""
+
+
+class DamagedStateError(DatapoolError):
+    """The datapool state in the output is damaged (a manifest or table part that does not parse, is
+    missing or disagrees with its manifest); the message names the damaged object. Nothing is written."""

@@ -17,11 +17,20 @@ Layout (under the output datasource):
 
 A tag exists exactly when its commit manifest exists: the manifest is the last write of a run and
 is created atomically only if absent, so two runs can never both commit the same sequence number.
+
+Every load validates the chain (each manifest parses and has the Commit fields with their types, is
+named after its seq, seqs run 1..n, each part and tag appears once, datapool_size is the running sum)
+and every read of a table part checks it (present, parses, the recorded row count and sha256): damage
+raises DamagedStateError naming the object, never a parser's traceback. `datapool check`
+(datapool/check.py) verifies the whole state and repairs what is safe to repair.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import re
+import time
 import uuid
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
@@ -31,8 +40,9 @@ from typing import Any
 import polars as pl
 
 from datapool_pipeline.datapool import tables
-from datapool_pipeline.errors import ConcurrentCommitError, ConfigError, DatapoolError
+from datapool_pipeline.errors import ConcurrentCommitError, ConfigError, DamagedStateError, DatapoolError
 from datapool_pipeline.storage import Storage
+from datapool_pipeline.storage.base import is_safe_key
 
 INITIAL_TAG = "initial-tag"
 ROOT = "datapool"
@@ -57,6 +67,18 @@ class Commit:
     config: dict[str, Any] = field(default_factory=dict)
     adopted: int = 0
     format: int = FORMAT_VERSION
+    # sha256 of each part's bytes; "" in manifests written before checksums were recorded.
+    samples_sha256: str = ""
+    processed_sha256: str = ""
+
+
+_COMMIT_FIELDS = {f.name: f for f in Commit.__dataclass_fields__.values()}
+_FIELD_TYPES = {"int": int, "str": str, "dict[str, Any]": dict}
+_MANIFEST_NAME = re.compile(r"^(\d{8})\.json$")
+# Leftovers (temp files of interrupted writes, unreferenced parts and frames) younger than this may
+# belong to a write in progress: run-start clean-up and `check --repair` leave them alone.
+LEFTOVER_MIN_AGE_S = 600.0
+CHECK_HINT = "`datapool check DATASET` lists the damage and what to repair"
 
 
 IDENTITY_KEY = f"{ROOT}/dataset.json"
@@ -68,6 +90,97 @@ class ForeignDatapoolError(ConfigError):
 
 def _commit_key(seq: int) -> str:
     return f"{ROOT}/commits/{seq:08d}.json"
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def parse_manifest(key: str, data: bytes) -> Commit:
+    """A commit manifest's Commit, or a one-line reason (ValueError) why it is not one."""
+    match = _MANIFEST_NAME.match(key.rsplit("/", 1)[-1])
+    if match is None:
+        raise ValueError("is not named <seq>.json (8 digits): not a commit manifest")
+    try:
+        raw = json.loads(data)
+    except (ValueError, UnicodeDecodeError):
+        raise ValueError("is not valid JSON") from None
+    if not isinstance(raw, dict):
+        raise ValueError("is not a JSON object")
+    if isinstance(raw.get("format"), int) and raw["format"] > FORMAT_VERSION:
+        raise _NewerFormat()
+    missing = [name for name, f in _COMMIT_FIELDS.items() if name not in raw and _required(f)]
+    if missing:
+        raise ValueError(f"lacks the field(s) {', '.join(missing)}")
+    for name, value in raw.items():
+        f = _COMMIT_FIELDS.get(name)
+        expected = _FIELD_TYPES.get(str(f.type)) if f is not None else None
+        if expected is not None and (not isinstance(value, expected) or isinstance(value, bool)):
+            raise ValueError(f"field {name} is {type(value).__name__}, expected {expected.__name__}")
+    commit = Commit(**{k: v for k, v in raw.items() if k in _COMMIT_FIELDS})
+    if commit.seq != int(match.group(1)):
+        raise ValueError(f"holds seq {commit.seq} but is named {match.group(0)} (a copied manifest?)")
+    for name, folder in (("samples_file", "samples"), ("processed_file", "processed")):
+        value = getattr(commit, name)
+        if not value.startswith(f"{ROOT}/{folder}/") or not is_safe_key(value):
+            raise ValueError(f"field {name} {value!r} is not a part under {ROOT}/{folder}/")
+    if min(commit.n_samples, commit.n_processed, commit.datapool_size, commit.adopted) < 0:
+        raise ValueError("holds a negative count")
+    return commit
+
+
+def _required(f: Any) -> bool:
+    from dataclasses import MISSING
+
+    return f.default is MISSING and f.default_factory is MISSING
+
+
+class _NewerFormat(ValueError):
+    pass
+
+
+def chain_problems(commits: list[Commit]) -> list[tuple[Commit, str, str]]:
+    """What is wrong with a chain of parsed manifests (sorted by seq): (the commit it is found at, a
+    code: gap, part, tag or size, a one-line reason). A gap is reported at the commit after it, with a
+    reason about the first missing manifest."""
+    problems: list[tuple[Commit, str, str]] = []
+    files: dict[str, Commit] = {}
+    tags: dict[str, Commit] = {}
+    size = 0
+    expected = 1
+    for commit in commits:
+        if commit.seq != expected:
+            missing = f" (and the {commit.seq - expected - 1} after it)" if commit.seq - expected > 1 else ""
+            problems.append(
+                (commit, "gap", f"is missing{missing}: the chain jumps from #{expected - 1} to #{commit.seq}")
+            )
+            size = commit.datapool_size - commit.n_samples  # what the missing tags held is unknown
+        expected = commit.seq + 1
+        for part in (commit.samples_file, commit.processed_file):
+            if part in files:
+                problems.append(
+                    (
+                        commit,
+                        "part",
+                        f"names {part}, already a part of tag {files[part].tag} "
+                        f"(#{files[part].seq}): a copied manifest?",
+                    )
+                )
+            files.setdefault(part, commit)
+        if commit.tag in tags:
+            problems.append((commit, "tag", f"repeats tag {commit.tag} of #{tags[commit.tag].seq}"))
+        tags.setdefault(commit.tag, commit)
+        size += commit.n_samples
+        if commit.datapool_size != size:
+            problems.append(
+                (
+                    commit,
+                    "size",
+                    f"records datapool_size {commit.datapool_size} but the tags up to it hold {size} samples",
+                )
+            )
+            size = commit.datapool_size
+    return problems
 
 
 class DatapoolState:
@@ -92,14 +205,14 @@ class DatapoolState:
     @cached_property
     def samples(self) -> pl.DataFrame:
         dim = self.commits[-1].embedding_dim if self.commits else 0
-        parts = [tables.from_parquet(self.store.storage.read_bytes(c.samples_file)) for c in self.commits]
+        parts = [self.store.read_samples(c) for c in self.commits]
         if not parts:
             return tables.empty(tables.sample_schema(max(dim, 1)))
         return pl.concat(parts, how="vertical")
 
     @cached_property
     def processed(self) -> pl.DataFrame:
-        parts = [tables.from_parquet(self.store.storage.read_bytes(c.processed_file)) for c in self.commits]
+        parts = [self.store.read_processed(c) for c in self.commits]
         if not parts:
             return tables.empty(tables.PROCESSED_SCHEMA)
         return pl.concat(parts, how="vertical").unique(subset=["raw_key", "raw_version"], keep="last")
@@ -109,7 +222,7 @@ class DatapoolState:
             return self.samples
         for c in self.commits:
             if c.tag == tag:
-                return tables.from_parquet(self.store.storage.read_bytes(c.samples_file))
+                return self.store.read_samples(c)
         known = ", ".join([INITIAL_TAG, *reversed(self.tags)])
         raise DatapoolError(f"no tag named {tag!r}; tags are: {known}")
 
@@ -165,22 +278,77 @@ class DatapoolStore:
 
     # ---- commits -------------------------------------------------------------------------------
 
+    def damaged(self, key: str, what: str) -> DamagedStateError:
+        """The one-line error for damaged state: the object's location, what is wrong, what to do."""
+        error = DamagedStateError(f"damaged datapool: {self.storage.display(key)} {what}; {CHECK_HINT}")
+        error.key, error.what = key, what  # type: ignore[attr-defined]
+        return error
+
+    def read_manifest(self, key: str) -> Commit:
+        """One commit manifest, parsed and validated on its own (DamagedStateError if it is not one)."""
+        try:
+            return parse_manifest(key, self.storage.read_bytes(key))
+        except FileNotFoundError:
+            raise self.damaged(key, "disappeared while the chain was read") from None
+        except _NewerFormat:
+            raise DatapoolError(
+                f"{self.storage.display(key)} was written by a newer datapool_pipeline; upgrade"
+            ) from None
+        except ValueError as exc:
+            raise self.damaged(key, str(exc)) from None
+
     def load_commits(self) -> list[Commit]:
-        commits: list[Commit] = []
-        for info in self.storage.list(f"{ROOT}/commits/"):
-            if not info.key.endswith(".json"):
-                continue
-            raw = json.loads(self.storage.read_bytes(info.key))
-            if raw.get("format", 1) > FORMAT_VERSION:
-                raise DatapoolError(
-                    f"{self.storage.display(info.key)} was written by a newer datapool_pipeline; upgrade"
-                )
-            commits.append(Commit(**raw))
+        """The validated chain of commits (DamagedStateError naming the first damaged manifest)."""
+        commits = [
+            self.read_manifest(info.key) for info in self.storage.list(f"{ROOT}/commits/") if info.key.endswith(".json")
+        ]
         commits.sort(key=lambda c: c.seq)
-        for expected, commit in enumerate(commits, start=1):
-            if commit.seq != expected:
-                raise DatapoolError(f"datapool commit chain is broken at {expected} in {self.storage.uri}")
+        for commit, code, problem in chain_problems(commits)[:1]:
+            if code == "gap":
+                previous = max([c.seq for c in commits if c.seq < commit.seq], default=0)
+                raise self.damaged(_commit_key(previous + 1), problem)
+            raise self.damaged(_commit_key(commit.seq), problem)
         return commits
+
+    def read_samples(self, commit: Commit) -> pl.DataFrame:
+        return self._read_part(
+            commit,
+            commit.samples_file,
+            commit.samples_sha256,
+            commit.n_samples,
+            tables.sample_schema(max(commit.embedding_dim, 1)),
+        )
+
+    def read_processed(self, commit: Commit) -> pl.DataFrame:
+        return self._read_part(
+            commit, commit.processed_file, commit.processed_sha256, commit.n_processed, tables.PROCESSED_SCHEMA
+        )
+
+    def _read_part(
+        self, commit: Commit, key: str, digest: str, rows: int, schema: dict[str, pl.DataType]
+    ) -> pl.DataFrame:
+        """A table part of a commit, checked against its manifest (DamagedStateError naming it)."""
+        whose = f"(a part of tag {commit.tag}, #{commit.seq})"
+        try:
+            data = self.storage.read_bytes(key)
+        except FileNotFoundError:
+            raise self.damaged(key, f"is missing {whose}") from None
+        if digest and sha256(data) != digest:
+            raise self.damaged(key, f"does not match the sha256 its manifest records {whose}: truncated or changed")
+        try:
+            df = tables.from_parquet(data)
+        except Exception:  # noqa: BLE001 - any parser error means the same: not the part that was written
+            raise self.damaged(key, f"is not a readable Parquet file ({len(data)} bytes) {whose}: truncated?") from None
+        if df.height != rows:
+            raise self.damaged(key, f"holds {df.height} rows but its manifest records {rows} {whose}")
+        missing = [c for c in schema if c not in df.columns]
+        if missing:
+            raise self.damaged(key, f"lacks the column(s) {', '.join(missing)} {whose}")
+        if "embedding" in schema and df.schema["embedding"] != schema["embedding"] and rows:
+            raise self.damaged(key, f"holds embeddings of another size than {commit.embedding_dim} {whose}")
+        if "sample_id" in schema and rows and df["tag"].ne(commit.tag).any():
+            raise self.damaged(key, f"holds samples of another tag than {commit.tag} {whose}")
+        return df
 
     def load_state(self) -> DatapoolState:
         return DatapoolState(self, self.load_commits())
@@ -205,8 +373,9 @@ class DatapoolStore:
         part = f"{seq:08d}-{tag}-{uuid.uuid4().hex[:8]}"
         samples_file = f"{ROOT}/samples/{part}.parquet"
         processed_file = f"{ROOT}/processed/{part}.parquet"
-        self.storage.write_bytes(samples_file, tables.to_parquet(samples))
-        self.storage.write_bytes(processed_file, tables.to_parquet(processed))
+        samples_bytes, processed_bytes = tables.to_parquet(samples), tables.to_parquet(processed)
+        self.storage.write_bytes(samples_file, samples_bytes)
+        self.storage.write_bytes(processed_file, processed_bytes)
         commit = Commit(
             seq=seq,
             tag=tag,
@@ -223,6 +392,8 @@ class DatapoolStore:
             embedding_dim=embedding_dim,
             config=config,
             adopted=adopted,
+            samples_sha256=sha256(samples_bytes),
+            processed_sha256=sha256(processed_bytes),
         )
         body = json.dumps(asdict(commit), indent=2, sort_keys=True).encode()
         if not self.storage.put_if_absent(_commit_key(seq), body):
@@ -243,6 +414,20 @@ class DatapoolStore:
                 if info.key not in referenced:
                     self.storage.delete(info.key)
                     removed += 1
+        return removed
+
+    def remove_stale_temp_files(self, min_age_s: float = LEFTOVER_MIN_AGE_S) -> int:
+        """Delete the `.tmp-*` files interrupted atomic writes left in a local output (object stores
+        have none) that are older than `min_age_s`: a write in progress is never that old."""
+        temp_files = getattr(self.storage, "temp_files", None)
+        if temp_files is None:
+            return 0
+        cutoff = time.time() - min_age_s
+        removed = 0
+        for info in list(temp_files()):
+            if info.mtime < cutoff:
+                self.storage.delete(info.key)
+                removed += 1
         return removed
 
     # ---- shard registry and per-shard caches ---------------------------------------------------

@@ -36,8 +36,8 @@ def collect_run_data(spec: DatasetSpec, store: DatapoolStore, commit: Commit) ->
     commits = [c for c in store.load_commits() if c.seq < commit.seq]
     before = DatapoolState(store, commits)
     dim = commit.embedding_dim
-    samples = tables.from_parquet(store.storage.read_bytes(commit.samples_file)).sort("pick_rank")
-    processed = tables.from_parquet(store.storage.read_bytes(commit.processed_file))
+    samples = store.read_samples(commit).sort("pick_rank")
+    processed = store.read_processed(commit)
     notes: list[str] = []
 
     pool = before.samples

@@ -49,6 +49,21 @@ class LocalStorage(Storage):
     def stat(self, key: str) -> ObjectInfo | None:
         return self._info(key, self._path(key))
 
+    def temp_files(self) -> Iterator[ObjectInfo]:
+        """Leftovers of interrupted atomic writes: `.tmp-*` files next to their target, which `list`
+        hides (a SIGKILL between mkstemp and the rename leaves one). `delete(info.key)` removes one."""
+        if not self.root.is_dir():
+            return
+        for dirpath, dirnames, filenames in os.walk(self.root):
+            dirnames.sort()
+            rel_dir = Path(dirpath).relative_to(self.root).as_posix()
+            for name in sorted(filenames):
+                if name.startswith(".tmp-"):
+                    key = name if rel_dir == "." else f"{rel_dir}/{name}"
+                    info = self._info(key, Path(dirpath) / name)
+                    if info is not None:
+                        yield info
+
     def read_bytes(self, key: str) -> bytes:
         return self._path(key).read_bytes()
 

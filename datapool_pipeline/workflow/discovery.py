@@ -129,6 +129,8 @@ def plan_run(
     store.check_owner(spec.name, spec.type, claim=True)
     state = store.load_state()
     store.discard_committed_staging(state.commits)
+    if removed := store.remove_stale_temp_files():
+        log(f"removed {removed} temporary file(s) left in the output by interrupted writes")
     inventory = list_inventory(spec, input_storage, log)
     members = store.shard_members(shard_ids)
     present = members.join(inventory.files.select(_KEYS), on=_KEYS, how="semi")
