@@ -2,41 +2,25 @@
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import dagster as dg
 
 from datapool_pipeline.assets import DatasetAssets, build_dataset_assets
 from datapool_pipeline.assets.checks import build_datapool_checks
+from datapool_pipeline.assets.executors import BACKFILL_EXECUTOR_ENV, executor_from_env
 from datapool_pipeline.assets.resources import storage_resources
 from datapool_pipeline.assets.ui_launch import build_launch_job, build_launch_sensor
 from datapool_pipeline.datasets import DatasetSpec, load_datasets
-from datapool_pipeline.errors import ConfigError
 from datapool_pipeline.sensors import build_sensor
 
-EXECUTOR_ENV = "DATAPOOL_EXECUTOR"
-EXECUTORS = ("multiprocess", "in_process", "k8s")
+EXECUTOR_ENV = BACKFILL_EXECUTOR_ENV
 
 
 def backfill_executor() -> Any:
-    """Executor of asset backfills and UI materializations (the datapool jobs run in-process).
-
-    multiprocess (default): the steps of a backfill run in parallel processes on this machine;
-    k8s: every step in its own Kubernetes pod (dagster-k8s, see deploy/k8s); in_process: one process.
-    """
-    choice = os.environ.get(EXECUTOR_ENV, "multiprocess")
-    if choice == "multiprocess":
-        return dg.multiprocess_executor
-    if choice == "in_process":
-        return dg.in_process_executor
-    if choice == "k8s":
-        try:
-            from dagster_k8s import k8s_job_executor
-        except ImportError:
-            raise ConfigError(f"{EXECUTOR_ENV}=k8s needs dagster-k8s: pip install dagster-k8s") from None
-        return k8s_job_executor
-    raise ConfigError(f"{EXECUTOR_ENV} must be one of {', '.join(EXECUTORS)}, got {choice!r}")
+    """Executor of asset backfills and UI materializations: multiprocess (default), in_process, or k8s
+    (every step in its own pod, see deploy/). The datapool job has its own: DATAPOOL_RUN_EXECUTOR."""
+    return executor_from_env(BACKFILL_EXECUTOR_ENV, "multiprocess")
 
 
 def build_all(specs: dict[str, DatasetSpec]) -> dict[str, DatasetAssets]:

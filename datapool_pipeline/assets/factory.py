@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 import dagster as dg
 
 from datapool_pipeline.assets import names
+from datapool_pipeline.assets.executors import RUN_EXECUTOR_ENV, executor_from_env
 from datapool_pipeline.assets.io_manager import datapool_io_manager
 from datapool_pipeline.assets.k8s_tags import embed_step_k8s_tags
 from datapool_pipeline.assets.resources import storage_for
@@ -326,7 +327,7 @@ def build_dataset_assets(spec: DatasetSpec) -> DatasetAssets:
             name=names.datapool_job_name(spec),
             selection=dg.AssetSelection.assets(*assets),
             partitions_def=partitions,
-            executor_def=dg.in_process_executor,
+            executor_def=executor_from_env(RUN_EXECUTOR_ENV, "in_process"),  # in_process: the model loads once
             tags={DATASET_TAG: spec.name},
             description=f"One datapool run of {spec.name}: ingest the run's shards, select, commit a tag.",
         )

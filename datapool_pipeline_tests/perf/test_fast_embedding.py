@@ -114,7 +114,7 @@ def test_bad_precision_in_datasets_yaml_names_the_key(tmp_path) -> None:
     from datapool_pipeline.errors import ConfigError
 
     path = tmp_path / "datasets.yaml"
-    path.write_text(f"datasets:\n  d:\n    type: IMAGES\n    input: {tmp_path}\n    output: {tmp_path / 'o'}\n"
+    path.write_text(f"datasets:\n  d:\n    type: IMAGES\n    input: {tmp_path / 'i'}\n    output: {tmp_path / 'o'}\n"
                     "    embedding: {precision: fp8}\n")
     with pytest.raises(ConfigError, match=r"datasets\.d\.embedding\.precision: must be one of auto, int8"):
         load_datasets(path)
