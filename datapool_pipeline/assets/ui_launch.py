@@ -58,6 +58,7 @@ def build_launch_job(built: DatasetAssets) -> dg.JobDefinition:
         f"process_all), registers their shards and starts {target} over them with the same run config. "
         f"Needs the dagster-daemon (it runs the sensor {names.launch_sensor_name(spec)}).",
         tags={names.DATASET_TAG: spec.name},
+        executor_def=dg.in_process_executor,  # one small step: no subprocess
     )
     def launch_job() -> None:
         find_new_files()
