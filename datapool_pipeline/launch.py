@@ -25,6 +25,7 @@ from datapool_pipeline.storage.local import LocalStorage
 from datapool_pipeline.storage.verify import verify_access
 from datapool_pipeline.workflow.discovery import (
     assign_shards,
+    check_input_exists,
     check_use_datapool,
     list_inventory,
     no_new_files_message,
@@ -195,6 +196,7 @@ def scan_new_files(
     """
     settings = spec.sensor
     store.check_owner(spec.name, spec.type, claim=True)
+    check_input_exists(spec, input_storage)
     listed, resume = list_slice(input_storage, cursor.after, settings.max_objects_per_tick)
     files = listed.filter(pl.col("media_type") == spec.type)
     todo = unprocessed(files, store.load_state().processed)

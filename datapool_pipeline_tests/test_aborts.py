@@ -61,8 +61,12 @@ def test_dataset_aborts(cli, video_dataset) -> None:
     ds = ("--datasets", str(yaml_path))
 
     empty = cli(*ds, "run", "videos-datapool", "--n-samples", "5")
-    assert empty.code == 1 and "no new raw files" in empty.err
+    assert empty.code == 1 and "it is empty" in empty.err and "all processed" not in empty.err
     assert committed(output) == []
+    (input_dir / "notes.txt").write_text("not a video")
+    other = cli(*ds, "run", "videos-datapool", "--n-samples", "5")
+    assert other.code == 1 and "holds no videos (1 other file(s))" in other.err
+    (input_dir / "notes.txt").unlink()
 
     add_videos(input_dir, ["a.mov"], seconds=2)  # 20 frames
     assert cli(*ds, "run", "videos-datapool", "--n-samples", "100").code == 0  # selects all 20
@@ -90,3 +94,13 @@ def test_unknown_dataset(cli, video_dataset) -> None:
     yaml_path, _, _ = video_dataset
     result = cli("--datasets", str(yaml_path), "tags", "nope")
     assert result.code == 2 and "no dataset named 'nope'" in result.err and "videos-datapool" in result.err
+
+
+def test_missing_input_folder_is_an_error_not_nothing_new(cli, tmp_path) -> None:
+    from datapool_pipeline_tests.conftest import write_datasets_yaml
+
+    yaml_path = write_datasets_yaml(tmp_path / "d.yaml", "v", "VIDEOS", str(tmp_path / "typo"), str(tmp_path / "o"))
+    result = cli("--datasets", str(yaml_path), "run", "v", "--n-samples", "5")
+    assert result.code == 2
+    line = result.err.strip().splitlines()[-1]
+    assert "datasets.v.input" in line and "does not exist" in line and str(tmp_path / "typo") in line

@@ -21,10 +21,11 @@ apt_install() {
 }
 
 # ffmpeg (with ffprobe) from Debian; without it the package falls back to imageio-ffmpeg's binary.
-apt_install ffmpeg
+# chromium: kaleido draws the figures of report.pdf with it (the demo's reports need them too).
+apt_install ffmpeg chromium
 if [ "$MODE" = "test" ]; then
-  # chromium: kaleido figures in report.pdf and the headless check of the HTML view; poppler: pdftoppm.
-  apt_install chromium poppler-utils
+  # poppler: pdftoppm renders report pages in the report tests.
+  apt_install poppler-utils
   # nodejs + npm: Azurite (Azure Blob emulator, package.json) for the object-store tests.
   command -v npm >/dev/null || apt_install nodejs npm
   # postgresql: a throwaway server on 127.0.0.1 for the Postgres-backed instance test (binaries only).

@@ -11,9 +11,9 @@ import polars as pl
 
 from datapool_pipeline.datapool import DatapoolStore, tables
 from datapool_pipeline.datasets import DatasetSpec
-from datapool_pipeline.errors import RunAborted
+from datapool_pipeline.errors import ConfigError, RunAborted
 from datapool_pipeline.media.kinds import media_kind
-from datapool_pipeline.storage import Storage
+from datapool_pipeline.storage import LocalStorage, Storage
 from datapool_pipeline.workflow.progress import Log, Throttle, no_log
 
 _KEYS = ["raw_key", "raw_version"]
@@ -27,7 +27,18 @@ class Inventory:
     """Files of another media type or not media at all: skipped with a warning."""
 
 
+def check_input_exists(spec: DatasetSpec, storage: Storage) -> None:
+    """A mistyped local input folder is an error that says so, not "nothing new" (object stores: the
+    run-start access check reports a missing bucket)."""
+    if isinstance(storage, LocalStorage) and not storage.root.is_dir():
+        raise ConfigError(
+            f"datasets.{spec.name}.input: the folder {storage.root} does not exist: fix the path in datasets.yaml "
+            "or create the folder"
+        )
+
+
 def list_inventory(spec: DatasetSpec, storage: Storage, log: Log = no_log) -> Inventory:
+    check_input_exists(spec, storage)
     keys: list[str] = []
     versions: list[str] = []
     sizes: list[int] = []
@@ -154,6 +165,11 @@ def plan_run(
 
 
 def no_new_files_message(spec: DatasetSpec, storage: Storage, inventory: Inventory, other: pl.DataFrame) -> str:
+    kind = spec.type.lower()
+    if inventory.files.height == 0:
+        found = inventory.other_type.height
+        what = f"it holds no {kind} ({found} other file(s))" if found else "it is empty"
+        return f"no raw files to process in {storage.display()}: {what}; add {kind} there"
     extra = f"; {other.height} file(s) of another type were skipped" if other.height else ""
     return (
         f"no new raw files in {storage.display()} since the last run ({inventory.files.height} "
