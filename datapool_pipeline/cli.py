@@ -12,7 +12,7 @@ from typing import Any
 
 from datapool_pipeline.assets.resources import storage_for
 from datapool_pipeline.config import load_run_config_file, parse_run_config
-from datapool_pipeline.datapool import INITIAL_TAG, DatapoolStore
+from datapool_pipeline.datapool import INITIAL_TAG, LATEST_TAG, DatapoolStore
 from datapool_pipeline.datasets import DATASETS_ENV, DatasetSpec, datasets_file, load_datasets
 from datapool_pipeline.errors import CommittedButIncomplete, ConfigError, DatapoolError, RunAborted
 
@@ -62,10 +62,15 @@ def _parser() -> argparse.ArgumentParser:
     tags.add_argument("dataset")
     export = sub.add_parser("export", help="print the filenames of a tag's samples, one per line")
     export.add_argument("dataset")
-    export.add_argument("--tag", required=True, help=f"a tag name, or {INITIAL_TAG} for the whole datapool")
+    export.add_argument(
+        "--tag", required=True, help=f"a tag name, {INITIAL_TAG} for the whole datapool, or {LATEST_TAG}"
+    )
     export.add_argument(
         "--uri", action="store_true", help="print full locations (datasource + key) instead of keys"
     )
+    report = sub.add_parser("report", help="(re)build a tag's report: report.pdf, report.json, embedding_view.html")
+    report.add_argument("dataset")
+    report.add_argument("--tag", default=LATEST_TAG, help=f"a tag name or {LATEST_TAG} (default)")
     check = sub.add_parser(
         "check", help="verify the datapool state (manifests, parts, frames, index, leftovers); exit 4 if damaged"
     )
@@ -74,6 +79,8 @@ def _parser() -> argparse.ArgumentParser:
         "--repair", action="store_true",
         help="drop a damaged last commit and delete old leftovers (temp files, unreferenced parts and frames)",
     )
+    for command in sub.choices.values():  # `datapool tags X --datasets F` works as well as before the command
+        command.add_argument("--datasets", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     return parser
 
 
@@ -93,6 +100,8 @@ def main(argv: list[str] | None = None) -> int:
             return _export(spec, args.tag, args.uri)
         if args.command == "resume":
             return _resume(spec, args)
+        if args.command == "report":
+            return _report(spec, args.tag)
         if args.command == "check":
             return _check(spec, args.repair)
         return _run(spec, args)
@@ -105,6 +114,18 @@ def main(argv: list[str] | None = None) -> int:
     except DatapoolError as exc:
         print(f"datapool: aborted: {exc}", file=sys.stderr)
         return EXIT_ABORTED
+
+
+def _report(spec: DatasetSpec, tag: str) -> int:
+    from datapool_pipeline.report import build_report, write_report
+
+    store = DatapoolStore(storage_for(spec, "output"))
+    store.check_owner(spec.name, spec.type, claim=False)
+    commit = store.load_state().commit_of(tag)
+    say = lambda m: print(f"datapool: {m}", file=sys.stderr)  # noqa: E731
+    written = write_report(store, build_report(spec, store, commit), storage_for(spec, "input"), log=say, warn=say)
+    print(f"tag {commit.tag}: report {store.storage.display(written['pdf'])} (also report.json, embedding_view.html)")
+    return 0
 
 
 def _tags(spec: DatasetSpec) -> int:

@@ -45,6 +45,7 @@ from datapool_pipeline.storage import Storage
 from datapool_pipeline.storage.base import is_safe_key
 
 INITIAL_TAG = "initial-tag"
+LATEST_TAG = "latest"
 ROOT = "datapool"
 FORMAT_VERSION = 1
 
@@ -82,6 +83,10 @@ CHECK_HINT = "`datapool check DATASET` lists the damage and what to repair"
 
 
 IDENTITY_KEY = f"{ROOT}/dataset.json"
+
+
+class UnknownTagError(ConfigError):
+    """A tag name that the datapool does not hold (a usage error: exit 2)."""
 
 
 class ForeignDatapoolError(ConfigError):
@@ -220,11 +225,17 @@ class DatapoolState:
     def tag_samples(self, tag: str) -> pl.DataFrame:
         if tag == INITIAL_TAG:
             return self.samples
+        return self.store.read_samples(self.commit_of(tag))
+
+    def commit_of(self, tag: str) -> Commit:
+        """The commit of a tag name, or of the newest tag for `latest`."""
+        if tag == LATEST_TAG and self.commits:
+            return self.commits[-1]
         for c in self.commits:
             if c.tag == tag:
-                return self.store.read_samples(c)
-        known = ", ".join([INITIAL_TAG, *reversed(self.tags)])
-        raise DatapoolError(f"no tag named {tag!r}; tags are: {known}")
+                return c
+        known = ", ".join([*reversed(self.tags), INITIAL_TAG]) or "none yet"
+        raise UnknownTagError(f"no tag named {tag!r}; tags are: {known} (and {LATEST_TAG} for the newest)")
 
 
 class DatapoolStore:
