@@ -12,6 +12,7 @@ import yaml
 
 from datapool_pipeline.config import parse_run_config
 from datapool_pipeline.errors import ConfigError
+from datapool_pipeline.media.image import DEFAULT_MAX_DECODED_MEGABYTES
 
 DEFAULT_DATASETS_FILE = "datasets.yaml"
 DATASETS_ENV = "DATAPOOL_DATASETS"
@@ -57,6 +58,15 @@ class VideoSpec:
     def frame_options(self) -> dict[str, object]:
         """Keyword arguments for FrameStream / extract_frames_png (same options = same frame indices)."""
         return {"fps": self.fps, "skip_duplicates": self.skip_duplicates, "scene_threshold": self.scene_threshold}
+
+
+@dataclass(frozen=True)
+class ImageSpec:
+    """Image decoding limits for IMAGES datasets."""
+
+    max_decoded_megabytes: int = DEFAULT_MAX_DECODED_MEGABYTES
+    """Peak memory (MB, 2^20 bytes) one image's decode may take, computed from its header before decoding;
+    an image above it is skipped with the reason."""
 
 
 @dataclass(frozen=True)
@@ -112,6 +122,7 @@ class DatasetSpec:
     """Shards per run of a frames/embeddings backfill; None: the whole backfill is one run."""
     credentials: CredentialsSpec = field(default_factory=CredentialsSpec)
     """Environment-variable prefixes of the input's and the output's object-store credentials."""
+    images: ImageSpec = field(default_factory=ImageSpec)
 
     @property
     def asset_prefix(self) -> str:
@@ -184,7 +195,7 @@ def _parse_dataset(name: str, body: Any, base_dir: Path, source: str) -> Dataset
     if not isinstance(body, dict):
         raise ConfigError(f"{where}: expected a mapping with type, input and output")
     allowed = {"type", "input", "output", "embedding", "video", "images_per_shard", "seed", "sensor",
-               "bypass_verify", "backfill_shards_per_run", "credentials"}
+               "bypass_verify", "backfill_shards_per_run", "credentials", "images"}
     unknown = set(body) - allowed
     if unknown:
         raise ConfigError(f"{where}: unknown key(s) {sorted(unknown)}; allowed: {sorted(allowed)}")
@@ -231,6 +242,7 @@ def _parse_dataset(name: str, body: Any, base_dir: Path, source: str) -> Dataset
         credentials=_parse_credentials(
             body.get("credentials"), {"input": input_uri, "output": output_uri}, f"{where}.credentials"
         ),
+        images=_parse_images(body.get("images"), f"{where}.images"),
     )
 
 
@@ -304,6 +316,19 @@ def _parse_video(body: Any, where: str) -> VideoSpec:
         fps=float(fps) if fps is not None else None,
         skip_duplicates=skip,
         scene_threshold=float(scene) if scene is not None else None,
+    )
+
+
+def _parse_images(body: Any, where: str) -> ImageSpec:
+    if body is None:
+        return ImageSpec()
+    if not isinstance(body, dict):
+        raise ConfigError(f"{where}: expected a mapping (max_decoded_megabytes)")
+    unknown = set(body) - {"max_decoded_megabytes"}
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {sorted(map(str, unknown))}; allowed: ['max_decoded_megabytes']")
+    return ImageSpec(
+        max_decoded_megabytes=_positive_int(body, "max_decoded_megabytes", DEFAULT_MAX_DECODED_MEGABYTES, where)
     )
 
 

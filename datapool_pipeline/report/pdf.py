@@ -220,7 +220,7 @@ def _per_file_section(
 
 
 def _thumbnail_grid(r: dict[str, Any], s: _Styles, read_image: ReadImage) -> list[Any]:
-    from PIL import Image as PILImage
+    from datapool_pipeline.media.image import decode_image
 
     cells: list[Any] = []
     cols = 4
@@ -233,11 +233,12 @@ def _thumbnail_grid(r: dict[str, Any], s: _Styles, read_image: ReadImage) -> lis
             cells.append([Paragraph("(image not readable)", s.small), caption])
             continue
         try:
-            with PILImage.open(io.BytesIO(data)) as im:
-                im = im.convert("RGB")
-                im.thumbnail((400, 300))
-                buf = io.BytesIO()
-                im.save(buf, format="JPEG", quality=85)
+            # As the pipeline decodes it (upright, RGB, reduced when large); it passed the dataset's
+            # images.max_decoded_megabytes when it was decoded for embedding, so no bound here.
+            im = decode_image(data, min_side=300, max_decoded_megabytes=None)
+            im.thumbnail((400, 300))
+            buf = io.BytesIO()
+            im.save(buf, format="JPEG", quality=85)
             cells.append([_png(buf.getvalue(), cell_w), caption])
         except Exception:  # noqa: BLE001 - one bad image must not lose the report
             cells.append([Paragraph("(image not readable)", s.small), caption])

@@ -75,7 +75,8 @@ def embed_shard(
 
         def images() -> Iterator[np.ndarray]:
             for row in ok.iter_rows(named=True):
-                frame = _image_frame(input_storage, row["raw_key"], model.image_size, log)
+                frame = _image_frame(input_storage, row["raw_key"], model.image_size, log,
+                                     spec.images.max_decoded_megabytes)
                 if frame is not None:
                     keys.append(row["raw_key"])
                     versions.append(row["raw_version"])
@@ -110,9 +111,9 @@ def embed_shard(
     return ShardEmbeddings(shard, df.height, cached=False, seconds=throttle.elapsed)
 
 
-def _image_frame(storage: Storage, key: str, size: int, log: Log) -> np.ndarray | None:
+def _image_frame(storage: Storage, key: str, size: int, log: Log, max_decoded_megabytes: int) -> np.ndarray | None:
     try:
-        img = decode_image(storage.read_bytes(key))
+        img = decode_image(storage.read_bytes(key), min_side=size, max_decoded_megabytes=max_decoded_megabytes)
     except (ImageDecodeError, OSError) as exc:  # changed since the frames step
         log(f"skipping {key}: {exc}")
         return None

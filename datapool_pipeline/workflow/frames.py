@@ -13,13 +13,14 @@ import polars as pl
 
 from datapool_pipeline.datapool import DatapoolStore, tables
 from datapool_pipeline.datasets import DatasetSpec
-from datapool_pipeline.media.image import ImageDecodeError, decode_image
+from datapool_pipeline.media.image import ImageDecodeError, load_image
 from datapool_pipeline.media.video import FrameStream
 from datapool_pipeline.storage import Storage
 from datapool_pipeline.workflow.faults import fault_point
 from datapool_pipeline.workflow.progress import Log, Throttle, no_log
 
-# The manifest pass only needs timestamps and cheap statistics: decode small.
+# The manifest pass only needs timestamps and cheap statistics: decode small (a large image is decoded at
+# reduced size, so its mean_luma may differ slightly from a full-resolution decode's).
 MANIFEST_SIZE = 32
 
 
@@ -89,16 +90,18 @@ def _decode_member(
         return _skipped("empty file"), None
     if spec.type == "IMAGES":
         try:
-            img = decode_image(storage.read_bytes(key))
+            decoded = load_image(storage.read_bytes(key), min_side=MANIFEST_SIZE,
+                                 max_decoded_megabytes=spec.images.max_decoded_megabytes)
         except ImageDecodeError as exc:
             return _skipped(str(exc)), None
+        img = decoded.image
         luma = float(np.asarray(img.convert("L").resize((MANIFEST_SIZE, MANIFEST_SIZE))).mean())
         frames = pl.DataFrame(
             {"raw_key": [key], "raw_version": [member["raw_version"]], "frame_index": [-1],
              "timestamp_s": [0.0], "mean_luma": [luma]},
             schema=tables.FRAME_SCHEMA,
         )
-        return {"status": "ok", "error": None, "frames": 1, "width": img.width, "height": img.height}, frames
+        return {"status": "ok", "error": None, "frames": 1, "width": decoded.width, "height": decoded.height}, frames
     throttle = Throttle(log)
     lumas: list[float] = []
     with storage.local_source(key) as source:
