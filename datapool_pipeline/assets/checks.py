@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import dagster as dg
 
@@ -20,21 +20,26 @@ _CHECKS: dict[str, tuple[Callable[[DatapoolState], CheckOutcome], str]] = {
 
 
 def build_datapool_checks(spec: DatasetSpec) -> list[dg.AssetChecksDefinition]:
-    """One check per invariant; they run after each `tag` materialization and on demand from the UI."""
+    """The invariants as blocking checks of `tag`, run after each commit and on demand from the UI; one
+    step reads the datapool once for all of them. A failed check stops the run before its report."""
     tag_key = dg.AssetKey([spec.asset_prefix, "tag"])
+    specs = [
+        dg.AssetCheckSpec(name, asset=tag_key, description=description, blocking=True)
+        for name, (_, description) in _CHECKS.items()
+    ]
 
-    def make(name: str, fn: Callable[[DatapoolState], CheckOutcome], description: str) -> dg.AssetChecksDefinition:
-        @dg.asset_check(asset=tag_key, name=name, description=description)
-        def _check() -> dg.AssetCheckResult:
-            state = DatapoolStore(storage_for(spec, "output")).load_state()
+    @dg.multi_asset_check(specs=specs, name=f"{spec.asset_prefix}__checks")
+    def datapool_checks() -> Iterator[dg.AssetCheckResult]:
+        state = DatapoolStore(storage_for(spec, "output")).load_state()
+        for name, (fn, _) in _CHECKS.items():
             outcome = fn(state)
-            return dg.AssetCheckResult(
+            yield dg.AssetCheckResult(
+                asset_key=tag_key,
+                check_name=name,
                 passed=outcome.passed,
                 severity=dg.AssetCheckSeverity.ERROR,
                 description=outcome.description,
                 metadata=outcome.metadata,
             )
 
-        return _check
-
-    return [make(name, fn, description) for name, (fn, description) in _CHECKS.items()]
+    return [datapool_checks]
