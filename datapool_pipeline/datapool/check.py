@@ -62,10 +62,11 @@ class CheckResult:
     def summary(self) -> str:
         s = self.stats
         repaired = sum(1 for f in self.findings if f.repaired)
+        frames = f"{s['frames']} frame file(s), " if "frames" in s else ""  # videos only
         return (
             f"{s.get('commits', 0)} commit(s), {s.get('samples', 0)} sample(s), {s.get('parts', 0)} table "
-            f"part(s) verified ({s.get('checksummed', 0)} against a recorded sha256), {s.get('frames', 0)} frame "
-            f"file(s), {s.get('temp_files', 0)} temporary file(s); {len(self.damage)} damaged, "
+            f"part(s) verified ({s.get('checksummed', 0)} against a recorded sha256), {frames}"
+            f"{s.get('temp_files', 0)} temporary file(s); {len(self.damage)} damaged, "
             f"{self.count(LEFTOVER)} leftover, {self.count(STALE)} stale"
             + (f", {repaired} repaired" if repaired else "")
         )
