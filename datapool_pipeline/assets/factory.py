@@ -13,15 +13,16 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import dagster as dg
+import polars as pl
 
-from datapool_pipeline.assets import names
+from datapool_pipeline.assets import metadata, names
 from datapool_pipeline.assets.executors import RUN_EXECUTOR_ENV, executor_from_env
 from datapool_pipeline.assets.io_manager import datapool_io_manager
 from datapool_pipeline.assets.k8s_tags import embed_step_k8s_tags
 from datapool_pipeline.assets.resources import storage_for
 from datapool_pipeline.assets.run_config import DatapoolRunConfig
 from datapool_pipeline.assets.runs import BACKFILL_TAG, DATASET_TAG, run_shard_keys
-from datapool_pipeline.datapool import INITIAL_TAG, DatapoolStore
+from datapool_pipeline.datapool import INITIAL_TAG, DatapoolStore, tables
 from datapool_pipeline.datasets import DatasetSpec
 from datapool_pipeline.embedding import load_model
 from datapool_pipeline.errors import ConfigError, DatapoolError
@@ -116,6 +117,9 @@ def build_dataset_assets(spec: DatasetSpec) -> DatasetAssets:
                 "files_in_input": plan.inventory_files,
                 "process_all": run_config.process_all,
                 "dagster/row_count": plan.candidates.height,
+                **({"skipped_files": metadata.table(plan.other_type.select(
+                    pl.col("raw_key").alias("key"), pl.col("media_type").alias("kind")))}
+                   if plan.other_type.height else {}),
             }
         )
         return {**plan.as_record(), "config": run_config.to_dict()}
@@ -142,8 +146,10 @@ def build_dataset_assets(spec: DatasetSpec) -> DatasetAssets:
         @failures_as_reasons
         def frames(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
             total_frames, skipped = decode_shards(context.partition_keys, context.log.info)
+            skipped_table = pl.DataFrame(skipped, schema=["key", "reason"], orient="row")
             return dg.MaterializeResult(
-                metadata={"frames": total_frames, "files_skipped": skipped, "dagster/row_count": total_frames}
+                metadata={"frames": total_frames, "files_skipped": len(skipped), "dagster/row_count": total_frames,
+                          **({"skipped_files": metadata.table(skipped_table)} if skipped else {})}
             )
 
         @dg.asset(
@@ -168,12 +174,13 @@ def build_dataset_assets(spec: DatasetSpec) -> DatasetAssets:
                           "dagster/row_count": embedded}
             )
 
-    def decode_shards(keys: list[str], log: Callable[[str], None]) -> tuple[int, int]:
-        total_frames = skipped = 0
+    def decode_shards(keys: list[str], log: Callable[[str], None]) -> tuple[int, list[tuple[str, str]]]:
+        total_frames = 0
+        skipped: list[tuple[str, str]] = []
         for i, shard in enumerate(keys, start=1):
             result = extract_shard_frames(spec, store, input_storage, shard, log=log)
             total_frames += result.frames
-            skipped += len(result.skipped)
+            skipped.extend(result.skipped)
             log(f"[{i}/{len(keys)}] shard {shard}: {result.frames} frames" + (" (cached)" if result.cached else ""))
         return total_frames, skipped
 
@@ -277,6 +284,10 @@ def build_dataset_assets(spec: DatasetSpec) -> DatasetAssets:
                 "datapool_size": commit.datapool_size,
                 "raw_files_processed": commit.n_processed,
                 "dagster/row_count": commit.n_samples,
+                "dagster/column_schema": metadata.column_schema(
+                    tables.sample_schema(max(commit.embedding_dim, 1)), metadata.SAMPLE_COLUMNS),
+                "picks": metadata.table(store.read_samples(commit).sort("pick_rank").select(
+                    "pick_rank", "sample_id", "pool_distance", "pick_distance")),
                 "report": dg.MetadataValue.path(f"{report_dir}/report.pdf"),
                 "report_json": dg.MetadataValue.path(f"{report_dir}/report.json"),
                 "embedding_view": dg.MetadataValue.path(f"{report_dir}/embedding_view.html"),

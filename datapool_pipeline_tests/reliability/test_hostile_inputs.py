@@ -135,6 +135,22 @@ def test_hostile_videos_are_processed_or_skipped_and_reported(cli, tmp_path: Pat
     assert _files_outside(tmp_path, [output, dagster_home]) == before
     exported = cli("--datasets", str(yaml_path), "export", "hostile", "--tag", "initial-tag").out.splitlines()
     assert len(exported) == 30 and all((output / name).is_file() for name in exported)
+    # The UI shows the skipped files and the picks as tables, and the samples' column schema.
+    import dagster as dg
+
+    with dg.DagsterInstance.get() as instance:
+        frames = instance.get_latest_materialization_event(dg.AssetKey(["hostile", "frames"]))
+        table = frames.asset_materialization.metadata["skipped_files"].value
+        unsafe = {"new\nline.mp4"}  # never read: listed by raw_files, not by frames
+        assert {r.data["key"] for r in table.records} == skipped - unsafe
+        assert all(r.data["reason"] for r in table.records)
+        raw = instance.get_latest_materialization_event(dg.AssetKey(["hostile", "raw_files"])).asset_materialization
+        assert {r.data["key"] for r in raw.metadata["skipped_files"].value.records} == unsafe
+        tag = instance.get_latest_materialization_event(dg.AssetKey(["hostile", "tag"])).asset_materialization
+        picks = tag.metadata["picks"].value.records
+        assert [r.data["pick_rank"] for r in picks] == list(range(len(picks))) and len(picks) == 25
+        columns = [c.name for c in tag.metadata["dagster/column_schema"].value.columns]
+        assert columns[:2] == ["sample_id", "raw_key"] and "embedding" in columns
 
 
 def test_hostile_images_are_processed_or_skipped_and_reported(cli, tmp_path: Path, dagster_home: Path) -> None:
