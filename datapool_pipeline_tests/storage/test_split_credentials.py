@@ -22,6 +22,7 @@ from datapool_pipeline.assets.resources import (
     storage_resource_key,
     storage_resources,
 )
+from datapool_pipeline.datapool import DatapoolStore
 from datapool_pipeline.datasets import parse_datasets
 from datapool_pipeline.errors import ConfigError
 from datapool_pipeline.storage import StorageError
@@ -151,6 +152,8 @@ def test_input_and_output_use_their_own_keys(
 def test_datapool_run_reads_with_the_input_key_and_commits_with_the_output_key(
     split_env: SplitWorld, tmp_path: Path, cli, dagster_home: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # Every step of the run in its own process: they share nothing through a local disk (issue 11).
+    monkeypatch.setenv("DATAPOOL_RUN_EXECUTOR", "multiprocess")
     spec, yaml_path = _spec(tmp_path)
     add_videos(tmp_path / "v", ["a.mov", "b.mov"], seconds=1.0, fps=10)
     admin_raw = storage_at(spec.input)
@@ -170,6 +173,15 @@ def test_datapool_run_reads_with_the_input_key_and_commits_with_the_output_key(
     keys = {i.key for i in admin_out.list()}
     assert set(exported) <= keys and any(k.startswith("datapool/") for k in keys)
     assert not any(i.key.startswith(("datapool/", "frames/")) for i in admin_raw.list())
+    commit = DatapoolStore(admin_out).load_commits()[-1]
+    with dg.DagsterInstance.get() as instance:
+        starts = instance.all_logs(commit.run_id, of_type=dg.DagsterEventType.STEP_START)
+        assert len(starts) >= 6 and len({e.dagster_event.pid for e in starts}) == len(starts)
+    # The steps handed their outputs over through the output bucket, not the instance's local storage.
+    assert {"raw_files.json", "selection.json", "tag.json"} <= {
+        i.key.rsplit("/", 1)[-1] for i in admin_out.list(f"datapool/runs/{commit.run_id}/")}
+    local = [p for p in (dagster_home / "storage").rglob("*") if p.is_file() and "compute_logs" not in p.parts]
+    assert local == []
 
     # Every credential value, the prefixed ones included, is known to the scrubber and absent from output.
     secrets = secret_values()
