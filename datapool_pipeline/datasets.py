@@ -122,6 +122,8 @@ class DatasetSpec:
     """Shards per run of a frames/embeddings backfill; None: the whole backfill is one run."""
     credentials: CredentialsSpec = field(default_factory=CredentialsSpec)
     """Environment-variable prefixes of the input's and the output's object-store credentials."""
+    owners: tuple[str, ...] = ()
+    """Owners of the dataset's assets in the Dagster UI: e-mail addresses or `team:<name>`."""
     images: ImageSpec = field(default_factory=ImageSpec)
 
     @property
@@ -195,7 +197,7 @@ def _parse_dataset(name: str, body: Any, base_dir: Path, source: str) -> Dataset
     if not isinstance(body, dict):
         raise ConfigError(f"{where}: expected a mapping with type, input and output")
     allowed = {"type", "input", "output", "embedding", "video", "images_per_shard", "seed", "sensor",
-               "bypass_verify", "backfill_shards_per_run", "credentials", "images"}
+               "bypass_verify", "backfill_shards_per_run", "credentials", "images", "owners"}
     unknown = set(body) - allowed
     if unknown:
         raise ConfigError(f"{where}: unknown key(s) {sorted(unknown)}; allowed: {sorted(allowed)}")
@@ -239,11 +241,22 @@ def _parse_dataset(name: str, body: Any, base_dir: Path, source: str) -> Dataset
         bypass_verify=bypass_verify,
         sensor=sensor,
         backfill_shards_per_run=per_run,
+        owners=_parse_owners(body.get("owners", []), f"{where}.owners"),
         credentials=_parse_credentials(
             body.get("credentials"), {"input": input_uri, "output": output_uri}, f"{where}.credentials"
         ),
         images=_parse_images(body.get("images"), f"{where}.images"),
     )
+
+
+def _parse_owners(value: Any, where: str) -> tuple[str, ...]:
+    owners = [value] if isinstance(value, str) else value
+    if not isinstance(owners, list) or not all(
+        isinstance(o, str) and (re.match(r"^team:[A-Za-z0-9_-]+$", o) or re.match(r"^[^@\s]+@[^@\s]+$", o))
+        for o in owners
+    ):
+        raise ConfigError(f"{where}: a list of e-mail addresses or team:<name> entries, got {value!r}")
+    return tuple(owners)
 
 
 def _resolve_location(value: str, base_dir: Path) -> str:

@@ -64,6 +64,7 @@ def test_datasets_yaml_resolves_relative_paths(tmp_path: Path) -> None:
         ({"type": "AUDIO", "input": "a", "output": "b"}, "type"),
         ({"type": "IMAGES", "output": "b"}, "input"),
         ({"type": "IMAGES", "input": "a", "output": "a"}, "overlap"),
+        ({"type": "IMAGES", "input": "a", "output": "b", "owners": ["nobody"]}, "owners"),
         ({"type": "IMAGES", "input": "a", "output": "b", "embedding": {"batch_size": 0}}, "embedding.batch_size"),
         ({"type": "IMAGES", "input": "a", "output": "b", "embedding": {"device": "tpu"}}, "embedding.device"),
         ({"type": "IMAGES", "input": "a", "output": "b", "colour": 1}, "colour"),

@@ -81,7 +81,7 @@ def build_dataset_assets(spec: DatasetSpec) -> DatasetAssets:
     kind = "videos" if spec.type == "VIDEOS" else "images"
     io_key = names.io_manager_key(spec)
     tags = {DATASET_TAG: spec.name}
-    common: dict[str, Any] = {"group_name": group, "tags": tags}
+    common: dict[str, Any] = {"group_name": group, "tags": tags, "owners": list(spec.owners) or None}
     frames_version = _code_version(spec.type, spec.video.frame_options(), spec.images_per_shard)
     embeddings_version = _code_version(frames_version, spec.embedding.fingerprint)
     retry = dg.RetryPolicy(max_retries=2, delay=10, backoff=dg.Backoff.EXPONENTIAL)
