@@ -240,6 +240,7 @@ def build_dataset_assets(spec: DatasetSpec) -> DatasetAssets:
                 "selected": summary.selected,
                 "adopted_from_crashed_run": summary.adopted,
                 "datapool_before": summary.datapool_before,
+                "requested": summary.requested,
                 "dagster/row_count": summary.selected,
             }
         )

@@ -137,8 +137,12 @@ def greedy_k_center(
     block_rows: int = _BLOCK_ROWS,
     exact_max_pairs: int = EXACT_SEEDING_MAX_PAIRS,
     pool_index: Any = None,
+    stop_at_duplicates: bool = True,
 ) -> KCenterResult:
     """Pick k candidates, each the farthest from the datapool and the earlier picks.
+
+    With `stop_at_duplicates`, the selection stops early (fewer than k picks) once the farthest
+    candidate is at distance 0: every remaining candidate is a copy of a datapool sample or of a pick.
 
     With an empty pool and nothing preselected, the first pick is drawn with `seed`. Ties go to
     the lowest candidate index. `preselected` picks (e.g. adopted uploads) count towards k.
@@ -176,7 +180,10 @@ def greedy_k_center(
     if k > 0 and not state.picks and not np.isfinite(state.d2).any():
         state.take(int(np.random.default_rng(seed).integers(n)))
     while len(state.picks) < k:
-        state.take(state.argmax())
+        best = state.argmax()
+        if stop_at_duplicates and state.d2[best] <= 0.0:
+            break  # only copies left: adding them adds nothing
+        state.take(best)
     pool_d = np.sqrt(np.maximum(state.pool_sq, 0.0))
     return KCenterResult(
         picks=state.picks,

@@ -32,6 +32,8 @@ class SelectionSummary:
     selected: int
     adopted: int
     datapool_before: int
+    requested: int = 0
+    """How many picks the run asked for; `selected` is smaller when only exact copies were left."""
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -146,6 +148,13 @@ def select_for_run(
         adopted = min(len(orphans), k)
         log(f"adopting {adopted} frame(s) uploaded by an earlier run that crashed before committing")
         result = greedy_k_center(candidates, k, preselected=orphans, **seeding)
+    if len(result.picks) < k:
+        if not result.picks:
+            raise RunAborted(
+                f"nothing left to add: the {new.height} new sample(s) are exact copies of datapool samples"
+            )
+        log(f"selected {len(result.picks)} of the {k} requested: the other new samples are exact copies of "
+            "datapool samples or of these picks, which would add nothing")
     tag = tag_name(started_at, state.tags)
     picks = new[result.picks].with_columns(
         pl.lit(tag).alias("tag"),
@@ -171,7 +180,7 @@ def select_for_run(
     store.write_staging(staging_id, meta, picks, processed)
     fault_point("after_selection")
     log(f"selected {picks.height} samples for tag {tag} (datapool {state.size} -> {state.size + picks.height})")
-    return SelectionSummary(staging_id, tag, state.head_seq, new.height, picks.height, adopted, state.size)
+    return SelectionSummary(staging_id, tag, state.head_seq, new.height, picks.height, adopted, state.size, k)
 
 
 def _orphans(spec: DatasetSpec, store: DatapoolStore, state: DatapoolState, new: pl.DataFrame) -> list[int]:

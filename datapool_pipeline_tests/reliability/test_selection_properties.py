@@ -43,7 +43,17 @@ def problems(draw: st.DrawFn) -> tuple[np.ndarray, np.ndarray, int, int, int]:
 def test_exact_size_and_no_sample_twice(problem: tuple[np.ndarray, np.ndarray, int, int, int]) -> None:
     cands, pool, k, seed, block_rows = problem
     result = greedy_k_center(cands, k, pool=pool, seed=seed, block_rows=block_rows)
-    assert len(result.picks) == min(k, len(cands))
+    assert len(result.picks) <= min(k, len(cands))
+    if len(result.picks) < min(k, len(cands)):
+        # Fewer only when every candidate left is a copy (squared distance within the duplicate
+        # tolerance) of a datapool sample or of a pick.
+        reference = np.concatenate([pool, cands[result.picks]]) if len(pool) else cands[result.picks]
+        left = np.setdiff1d(np.arange(len(cands)), result.picks)
+        d2 = ((cands[left, None, :] - reference[None, :, :]) ** 2).sum(-1).min(axis=1)
+        assert (d2 < 1e-4).all()
+    without_stop = greedy_k_center(cands, k, pool=pool, seed=seed, block_rows=block_rows, stop_at_duplicates=False)
+    assert len(without_stop.picks) == min(k, len(cands))
+    assert without_stop.picks[: len(result.picks)] == result.picks
     assert len(set(result.picks)) == len(result.picks)
     assert all(0 <= i < len(cands) for i in result.picks)
 
