@@ -104,8 +104,16 @@ def _check_strategies(strategies: Any) -> None:
     for i, item in enumerate(strategies):
         entry = _mapping(item, f"{where}[{i}]")
         _unknown(entry, {"input", "strategy"}, f"{where}[{i}]")
-        input_type = str(_mapping(entry.get("input"), f"{where}[{i}].input").get("type", "")).upper()
-        strategy_type = str(_mapping(entry.get("strategy"), f"{where}[{i}].strategy").get("type", "")).upper()
+        input_body = _mapping(entry.get("input"), f"{where}[{i}].input")
+        strategy_body = _mapping(entry.get("strategy"), f"{where}[{i}].strategy")
+        for name, body in (("input", input_body), ("strategy", strategy_body)):
+            extra = sorted(set(body) - {"type"})
+            if extra:
+                raise ConfigError(
+                    f"{where}[{i}].{name}.{extra[0]}: not supported yet (only {name}.type is); remove it"
+                )
+        input_type = str(input_body.get("type", "")).upper()
+        strategy_type = str(strategy_body.get("type", "")).upper()
         if (input_type, strategy_type) not in SUPPORTED_STRATEGIES:
             raise ConfigError(
                 f"{where}[{i}]: input.type {input_type or '?'} with strategy.type {strategy_type or '?'} is not "

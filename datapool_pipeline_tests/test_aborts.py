@@ -104,3 +104,43 @@ def test_missing_input_folder_is_an_error_not_nothing_new(cli, tmp_path) -> None
     assert result.code == 2
     line = result.err.strip().splitlines()[-1]
     assert "datasets.v.input" in line and "does not exist" in line and str(tmp_path / "typo") in line
+
+
+def test_unsupported_strategy_key_fails_before_any_work(cli, video_dataset, tmp_path) -> None:
+    yaml_path, input_dir, output = video_dataset
+    add_videos(input_dir, ["a.mov"], seconds=1)
+    config = tmp_path / "run.yaml"
+    config.write_text(
+        "selection_config:\n  n_samples: 3\n  strategies:\n    - input: {type: EMBEDDINGS}\n"
+        "      strategy: {type: DIVERSITY, stopping_condition_minimum_distance: 0.2}\n"
+    )
+    result = cli("--datasets", str(yaml_path), "run", "videos-datapool", "--config", str(config))
+    assert result.code == 2 and "Traceback" not in result.err
+    line = result.err.strip().splitlines()[-1]
+    assert "selection_config.strategies[0].strategy.stopping_condition_minimum_distance" in line
+    assert not output.exists()  # nothing registered, nothing written
+
+
+def test_launchpad_schema_and_cli_parser_agree() -> None:
+    import dagster as dg
+
+    from datapool_pipeline.assets.run_config import DatapoolRunConfig
+    from datapool_pipeline.config import parse_run_config
+
+    for raw in (
+        {"selection_config": {"n_samples": 5}},
+        {"worker_config": {"use_datapool": True, "datasource": {"process_all": True}},
+         "selection_config": {"proportion_samples": 0.25}},
+        {"selection_config": {"n_samples": 2, "strategies": [
+            {"input": {"type": "EMBEDDINGS"}, "strategy": {"type": "DIVERSITY"}}]}},
+    ):
+        assert DatapoolRunConfig(**raw).parsed() == parse_run_config(raw)
+
+    # The launchpad (the launch job's typed config) refuses strategy types the pipeline does not have.
+    from datapool_pipeline.definitions import build_definitions
+
+    datasets = Path(__file__).resolve().parents[1] / "datasets.yaml"
+    job = build_definitions(str(datasets)).resolve_job_def("videos_datapool_launch")
+    bad = {"selection_config": {"n_samples": 1, "strategies": [{"strategy": {"type": "TYPICALITY"}}]}}
+    with pytest.raises(dg.DagsterInvalidConfigError, match="TYPICALITY"):
+        dg.validate_run_config(job, {"ops": {"videos_datapool__find_new_files": {"config": bad}}})

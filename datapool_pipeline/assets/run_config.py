@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from enum import Enum
+
 import dagster as dg
 from pydantic import Field
 
@@ -25,12 +27,22 @@ class WorkerConfig(dg.Config):
     datasource: DatasourceConfig = Field(default=DatasourceConfig(), description="Which raw files to consider.")
 
 
+class InputType(str, Enum):
+    EMBEDDINGS = "EMBEDDINGS"
+
+
+class StrategyType(str, Enum):
+    DIVERSITY = "DIVERSITY"
+
+
 class StrategyInput(dg.Config):
-    type: str = Field(default="EMBEDDINGS", description="What the strategy looks at: EMBEDDINGS.")
+    type: InputType = Field(default=InputType.EMBEDDINGS, description="What the strategy looks at: EMBEDDINGS.")
 
 
 class StrategyKind(dg.Config):
-    type: str = Field(default="DIVERSITY", description="DIVERSITY: greedy k-center given the datapool.")
+    type: StrategyType = Field(
+        default=StrategyType.DIVERSITY, description="DIVERSITY: greedy k-center given the datapool."
+    )
 
 
 class StrategyConfig(dg.Config):
@@ -61,7 +73,7 @@ class DatapoolRunConfig(dg.Config):
     selection_config: SelectionConfig = Field(default=SelectionConfig())
 
     def parsed(self) -> RunConfig:
-        raw = self.model_dump(warnings=False)
+        raw = self.model_dump(mode="json", warnings=False)
         selection = {k: v for k, v in raw["selection_config"].items() if v is not None}
         return parse_run_config({"worker_config": raw["worker_config"], "selection_config": selection})
 
