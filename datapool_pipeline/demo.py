@@ -90,6 +90,9 @@ def run_demo(root: Path, model: str) -> None:
         shutil.rmtree(root)
     videos = root / "input" / "videos"
     make_videos(videos, ["05009dc4-18640d99.mov", "0500a2a4-c5bd1bd8.mov", "0500c24a-5d4a8b36.mov"])
+    # Images for the repository's datasets.yaml, whose images-datapool reads demo/input/images (UI tour).
+    for i, source in enumerate(["testsrc2", "mandelbrot", "smptehdbars", "rgbtestsrc", "testsrc", "cellauto"] * 2):
+        make_image(root / "input" / "images" / f"img_{i:03d}.jpg", source, t=(i * 0.7) % 9)
     datasets = root / "datasets.yaml"
     datasets.write_text(DEMO_DATASETS_YAML.format(model=model))
     ds = ["--datasets", str(datasets)]
