@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import dagster as dg
-from dagster._core.storage.tags import (
-    ASSET_PARTITION_RANGE_END_TAG,
-    ASSET_PARTITION_RANGE_START_TAG,
-    PARTITION_NAME_TAG,
-)
 
 from datapool_pipeline.assets.names import DATASET_TAG
 from datapool_pipeline.errors import ConfigError
 
 __all__ = ["DATASET_TAG", "BACKFILL_TAG", "partition_range_tags", "run_shard_keys"]
+# Dagster's documented run tags (a run over a range of partitions, one partition, a backfill's runs).
+ASSET_PARTITION_RANGE_START_TAG = "dagster/asset_partition_range_start"
+ASSET_PARTITION_RANGE_END_TAG = "dagster/asset_partition_range_end"
+PARTITION_NAME_TAG = "dagster/partition"
 BACKFILL_TAG = "dagster/backfill"
 
 
