@@ -120,7 +120,7 @@ def resume_run(spec: DatasetSpec, run_id: str | None, datasets_path: str, log: L
     import dagster as dg
 
     from datapool_pipeline.assets.runs import DATASET_TAG
-    from datapool_pipeline.recovery import HOST_TAG, PID_TAG, fail_dead_runs, launcher_tags
+    from datapool_pipeline.recovery import HOST_TAG, PID_START_TAG, PID_TAG, fail_dead_runs, launcher_tags
 
     os.environ[DATASETS_ENV] = datasets_path
     with dg.DagsterInstance.get() as instance:
@@ -146,7 +146,7 @@ def resume_run(spec: DatasetSpec, run_id: str | None, datasets_path: str, log: L
             k: v
             for k, v in parent.tags.items()
             if k.startswith("dagster/asset_partition_range") or (
-                k not in (HOST_TAG, PID_TAG) and not k.startswith("dagster/"))
+                k not in (HOST_TAG, PID_TAG, PID_START_TAG) and not k.startswith("dagster/"))
         }
         new_run_id = _execute(
             spec, datasets_path, instance, dict(parent.run_config), {**kept, **launcher_tags()},
