@@ -49,11 +49,11 @@ def dagster_home(log: Log = no_log) -> Path:
         config.write_text(DEFAULT_INSTANCE_YAML)
         log(f"wrote a default instance config to {config}")
     os.environ["DAGSTER_HOME"] = str(path)
-    _create_instance_storage(path)
+    create_instance_storage(path)
     return path
 
 
-def _create_instance_storage(home: Path) -> None:
+def create_instance_storage(home: Path) -> None:
     """Create the instance's SQLite databases under a file lock: two `datapool` processes starting
     on a new DAGSTER_HOME at once would otherwise both create (and stamp) the same tables."""
     marker = home / ".datapool-storage-ready"

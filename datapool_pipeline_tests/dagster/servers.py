@@ -14,6 +14,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from datapool_pipeline.running import create_instance_storage
+
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 
@@ -58,6 +60,17 @@ def dagster_servers(workdir: Path, datasets: Path, home: Path) -> Iterator[Dagst
         "webserver": [str(BIN / "dagster-webserver"), "-h", "127.0.0.1", "-p", str(port), "-w", workspace],
         "daemon": [str(BIN / "dagster-daemon"), "run", "-w", workspace],
     }
+    # Create the instance's tables first: a webserver, a daemon and a test process that all create a new
+    # SQLite instance at once can stamp its schema twice (alembic: "more than one head").
+    previous = os.environ.get("DAGSTER_HOME")
+    os.environ["DAGSTER_HOME"] = str(home)
+    try:
+        create_instance_storage(home)
+    finally:
+        if previous is None:
+            os.environ.pop("DAGSTER_HOME", None)
+        else:
+            os.environ["DAGSTER_HOME"] = previous
     procs: list[subprocess.Popen] = []
     try:
         for name, cmd in commands.items():
