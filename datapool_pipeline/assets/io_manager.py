@@ -77,8 +77,6 @@ class DatapoolIOManager(dg.IOManager):
             run_id = None
         if run_id is not None and self.storage.exists(f"{step_output_prefix(run_id, context.asset_key.path[-1])}.json"):
             return run_id
-        if run_id is not None and run_id != context.step_context.run_id:
-            return run_id  # a parent run's output that is gone: fail, never read another run's
         event = context.instance.get_latest_materialization_event(context.asset_key)
         return event.run_id if event is not None else run_id
 
