@@ -12,14 +12,16 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import dagster as dg
 
@@ -64,19 +66,23 @@ def submit_and_follow(
         "--config-json", json.dumps(run_config), "--tags", json.dumps(tags), "--run-id", run_id,
     ]
     log(f"submitting run {run_id} to the instance ({type(instance.run_launcher).__name__})")
-    launcher = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    try:
-        return run_id, _follow(instance, run_id, launcher, log)
-    finally:
-        if launcher.poll() is None:
-            try:
-                launcher.wait(timeout=90)  # with the default launcher it returns once the run ended
-            except subprocess.TimeoutExpired:
-                launcher.kill()
+    # Its output goes to a file, not a pipe: with the default launcher the run's own processes inherit
+    # it, and a full pipe nobody reads would block them.
+    with tempfile.TemporaryFile("w+") as output:
+        launcher = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT, text=True)
+        try:
+            return run_id, _follow(instance, run_id, launcher, output, log)
+        finally:
+            if launcher.poll() is None:
+                try:
+                    launcher.wait(timeout=90)  # with the default launcher it returns once the run ended
+                except subprocess.TimeoutExpired:
+                    launcher.kill()
 
 
 def _follow(
-    instance: dg.DagsterInstance, run_id: str, launcher: subprocess.Popen[str], log: Callable[[str], None]
+    instance: dg.DagsterInstance, run_id: str, launcher: subprocess.Popen[str], output: IO[str],
+    log: Callable[[str], None],
 ) -> list[dg.DagsterEvent]:
     cursor: str | None = None
     events: list[dg.DagsterEvent] = []
@@ -87,8 +93,10 @@ def _follow(
         run = instance.get_run_by_id(run_id)
         if run is None:
             if launcher.poll() is not None:
-                lines = (launcher.stderr.read() if launcher.stderr else "").strip().splitlines()
-                reason = next((ln for ln in reversed(lines) if ln.strip()), f"exit code {launcher.returncode}")
+                output.seek(0)
+                lines = [re.sub(r"\x1b\[[0-9;]*m", "", ln).strip() for ln in output.read().splitlines()]
+                errors = [ln for ln in lines if "error" in ln.lower() and " - INFO - " not in ln]
+                reason = (errors or [ln for ln in lines if ln] or [f"exit code {launcher.returncode}"])[-1]
                 raise RunAborted(f"the instance did not accept the run: {reason}")
             time.sleep(0.5)
             continue
