@@ -6,10 +6,13 @@ bucket / container, and its credentials through environment variables (monkeypat
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import shutil
 import socket
 import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -61,6 +64,25 @@ def stop_process(proc: subprocess.Popen[bytes]) -> None:
 
 
 # -- servers ---------------------------------------------------------------------------------------
+@contextlib.contextmanager
+def iam_moto_server(setup_calls: int) -> Iterator[tuple[str, dict[str, str]]]:
+    """A moto server of its own that enforces IAM once it has served `setup_calls` requests (the caller's
+    set-up of users, keys and policies). Yields its endpoint and boto3 client arguments for the set-up."""
+    port = free_port()
+    env = {**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": str(setup_calls)}
+    proc = subprocess.Popen(
+        [str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_for_port(port, proc)
+        endpoint = f"http://127.0.0.1:{port}"
+        yield endpoint, {"endpoint_url": endpoint, "region_name": "us-east-1", "aws_access_key_id": "setup",
+                         "aws_secret_access_key": "setup"}
+    finally:
+        stop_process(proc)
+
+
 @pytest.fixture(scope="session")
 def s3_endpoint() -> Iterator[str]:
     from moto.server import ThreadedMotoServer

@@ -6,8 +6,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
-import subprocess
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,10 +19,8 @@ from datapool_pipeline_tests.storage.conftest import (
     AZURITE_ACCOUNT,
     AZURITE_KEY,
     Backend,
-    free_port,
-    stop_process,
+    iam_moto_server,
     upload_folder,
-    wait_for_port,
 )
 
 EXTERNAL_ID = "vendor-external-id-7f3a9c"
@@ -47,17 +43,7 @@ def iam_s3(tmp_path: Path) -> Iterator[IamWorld]:
     whose trust policy names that user and requires the external id."""
     import boto3
 
-    port = free_port()
-    env = {**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": str(_SETUP_CALLS)}
-    proc = subprocess.Popen(
-        [str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
-    try:
-        wait_for_port(port, proc)
-        endpoint = f"http://127.0.0.1:{port}"
-        setup = {"endpoint_url": endpoint, "region_name": "us-east-1", "aws_access_key_id": "setup",
-                 "aws_secret_access_key": "setup"}
+    with iam_moto_server(_SETUP_CALLS) as (endpoint, setup):
         iam = boto3.client("iam", **setup)
         user = iam.create_user(UserName="vendor")["User"]  # 1
         key = iam.create_access_key(UserName="vendor")["AccessKey"]  # 2
@@ -73,8 +59,6 @@ def iam_s3(tmp_path: Path) -> Iterator[IamWorld]:
         iam.put_role_policy(RoleName="datapool-reader", PolicyName="s3", PolicyDocument=json.dumps(allow_s3))  # 5
         boto3.client("s3", **setup).create_bucket(Bucket="vendor-raw")  # 6
         yield IamWorld(endpoint, role["Arn"], key["AccessKeyId"], key["SecretAccessKey"], "vendor-raw")
-    finally:
-        stop_process(proc)
 
 
 def _delegated_env(monkeypatch: pytest.MonkeyPatch, world: IamWorld, external_id: str) -> None:

@@ -5,9 +5,6 @@ the output bucket, and the standard AWS_* variables holding a third, unrelated k
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +25,7 @@ from datapool_pipeline.errors import ConfigError
 from datapool_pipeline.storage import StorageError
 from datapool_pipeline.storage.secrets import redact, secret_values
 from datapool_pipeline_tests.conftest import add_videos, write_datasets_yaml
-from datapool_pipeline_tests.storage.conftest import free_port, stop_process, wait_for_port
+from datapool_pipeline_tests.storage.conftest import iam_moto_server
 
 RAW_BUCKET, OUT_BUCKET = "vendor-raw", "vendor-lightly"
 _SETUP_CALLS = 11  # requests moto serves before it checks credentials: the IAM world below
@@ -59,17 +56,7 @@ def _policy(*statements: tuple[list[str], list[str]]) -> str:
 def split_s3() -> Iterator[SplitWorld]:
     import boto3
 
-    port = free_port()
-    env = {**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": str(_SETUP_CALLS)}
-    proc = subprocess.Popen(
-        [str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
-    try:
-        wait_for_port(port, proc)
-        endpoint = f"http://127.0.0.1:{port}"
-        setup = {"endpoint_url": endpoint, "region_name": "us-east-1", "aws_access_key_id": "setup",
-                 "aws_secret_access_key": "setup"}
+    with iam_moto_server(_SETUP_CALLS) as (endpoint, setup):
         iam = boto3.client("iam", **setup)
         policies = {
             "reader": _policy((["s3:ListBucket"], [f"arn:aws:s3:::{RAW_BUCKET}"]),
@@ -87,8 +74,6 @@ def split_s3() -> Iterator[SplitWorld]:
         s3.create_bucket(Bucket=RAW_BUCKET)  # 10
         s3.create_bucket(Bucket=OUT_BUCKET)  # 11
         yield SplitWorld(endpoint, keys["reader"], keys["writer"], keys["admin"])
-    finally:
-        stop_process(proc)
 
 
 @pytest.fixture
