@@ -9,10 +9,11 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from datapool_pipeline.running import create_instance_storage
 
@@ -93,3 +94,14 @@ def dagster_servers(workdir: Path, datasets: Path, home: Path) -> Iterator[Dagst
     finally:
         for proc in procs:
             _stop(proc)
+
+
+def wait_for(what: str, check: Callable[[], Any], timeout: float = 300, logs: Callable[[], str] = str) -> Any:
+    """Poll `check` until it returns something truthy; fail after `timeout` seconds with the logs' tail."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(0.5)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}\n{logs()[-3000:]}")

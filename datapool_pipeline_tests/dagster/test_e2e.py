@@ -4,9 +4,7 @@ through the GraphQL client, a run the sensor starts by itself, and a process_all
 from __future__ import annotations
 
 import json
-import time
 import urllib.request
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +20,7 @@ from datapool_pipeline.datasets import load_datasets
 from datapool_pipeline.launch import prepare_run, run_tags
 from datapool_pipeline.storage import open_storage
 from datapool_pipeline_tests.conftest import add_videos, write_datasets_yaml
-from datapool_pipeline_tests.dagster.servers import dagster_servers
+from datapool_pipeline_tests.dagster.servers import dagster_servers, wait_for
 
 JOB = "videos_datapool_datapool"
 RAW_FILES_OP = "videos_datapool__raw_files"
@@ -35,16 +33,6 @@ mutation Backfill($params: LaunchBackfillParams!) {
     ... on PythonError { message }
   }
 }"""
-
-
-def wait_for(what: str, check: Callable[[], Any], timeout: float = 300) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def _graphql(port: int, query: str, variables: dict[str, Any]) -> dict[str, Any]:

@@ -23,7 +23,7 @@ from datapool_pipeline.datapool import DatapoolStore
 from datapool_pipeline.storage import LocalStorage
 from datapool_pipeline_tests.conftest import add_videos, write_datasets_yaml
 from datapool_pipeline_tests.dagster.postgres import PostgresServer, postgres_server
-from datapool_pipeline_tests.dagster.servers import REPO, dagster_servers
+from datapool_pipeline_tests.dagster.servers import REPO, dagster_servers, wait_for
 
 DATASET = "videos-datapool"
 SENSOR = "videos_datapool_new_files"
@@ -77,16 +77,6 @@ def dagster_home(
         monkeypatch.setenv(key, value)
     monkeypatch.setenv("DAGSTER_HOME", str(home))
     return home
-
-
-def wait_for(what: str, check: Callable[[], Any], timeout: float, logs: Callable[[], str] = str) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.5)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}\n{logs()[-3000:]}")
 
 
 def sensor_ticks(instance: dg.DagsterInstance) -> list[Any]:
