@@ -1,124 +1,127 @@
-"""Run config (Lightly-shaped worker_config / selection_config): parsing and validation.
+"""The run config (the vendor's worker_config / selection_config shape): one typed schema.
 
-The same mapping is accepted by the Dagster launchpad, sensors and `datapool run --config`.
-Every error names the offending field and how to fix it.
+The same models validate `datapool run --config`, sensors' run config in datasets.yaml and the Dagster
+launchpad (assets/run_config.py derives its Dagster Config classes from them).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
+from pydantic import Field, field_validator, model_validator
 
 from datapool_pipeline.errors import ConfigError
-
-SUPPORTED_STRATEGIES = (("EMBEDDINGS", "DIVERSITY"),)
-DEFAULT_STRATEGIES: list[dict[str, Any]] = [{"input": {"type": "EMBEDDINGS"}, "strategy": {"type": "DIVERSITY"}}]
+from datapool_pipeline.schema import StrictModel, validate
 
 
-@dataclass(frozen=True)
-class RunConfig:
-    use_datapool: bool = False
-    process_all: bool = False
-    n_samples: int | None = None
-    proportion_samples: float | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        selection: dict[str, Any] = {"strategies": DEFAULT_STRATEGIES}
-        if self.n_samples is not None:
-            selection["n_samples"] = self.n_samples
-        if self.proportion_samples is not None:
-            selection["proportion_samples"] = self.proportion_samples
-        return {
-            "worker_config": {"use_datapool": self.use_datapool, "datasource": {"process_all": self.process_all}},
-            "selection_config": selection,
-        }
-
-
-def _mapping(value: Any, where: str) -> Mapping[str, Any]:
-    if value is None:
-        return {}
-    if not isinstance(value, Mapping):
-        raise ConfigError(f"{where}: expected a mapping, got {type(value).__name__}")
-    return value
-
-
-def _unknown(value: Mapping[str, Any], allowed: set[str], where: str) -> None:
-    extra = set(value) - allowed
-    if extra:
-        raise ConfigError(f"{where}: unknown field(s) {sorted(extra)}; allowed: {sorted(allowed)}")
-
-
-def _bool(value: Any, where: str) -> bool:
-    if not isinstance(value, bool):
-        raise ConfigError(f"{where}: must be true or false, got {value!r}")
-    return value
-
-
-def parse_run_config(raw: Any) -> RunConfig:
-    """Validate a run config mapping (missing sections take their defaults)."""
-    top = _mapping(raw, "run config")
-    _unknown(top, {"worker_config", "selection_config"}, "run config")
-    worker = _mapping(top.get("worker_config"), "worker_config")
-    _unknown(worker, {"use_datapool", "datasource", "enable_training"}, "worker_config")
-    if worker.get("enable_training", False) is not False:
-        raise ConfigError("worker_config.enable_training: training is not supported; remove it or set false")
-    datasource = _mapping(worker.get("datasource"), "worker_config.datasource")
-    _unknown(datasource, {"process_all"}, "worker_config.datasource")
-    use_datapool = _bool(worker.get("use_datapool", False), "worker_config.use_datapool")
-    process_all = _bool(datasource.get("process_all", False), "worker_config.datasource.process_all")
-
-    selection = _mapping(top.get("selection_config"), "selection_config")
-    _unknown(selection, {"n_samples", "proportion_samples", "strategies"}, "selection_config")
-    n_samples = selection.get("n_samples")
-    proportion = selection.get("proportion_samples")
-    if n_samples is None and proportion is None:
-        raise ConfigError(
-            "selection_config: set exactly one of n_samples (a count) or proportion_samples (0 < p <= 1)"
-        )
-    if n_samples is not None and proportion is not None:
-        raise ConfigError(
-            "selection_config: n_samples and proportion_samples are both set; keep exactly one of them"
-        )
-    if n_samples is not None and (not isinstance(n_samples, int) or isinstance(n_samples, bool) or n_samples < 1):
-        raise ConfigError(f"selection_config.n_samples: must be a positive integer, got {n_samples!r}")
-    if proportion is not None:
-        if isinstance(proportion, bool) or not isinstance(proportion, (int, float)) or not 0 < proportion <= 1:
-            raise ConfigError(
-                f"selection_config.proportion_samples: must be a number with 0 < p <= 1, got {proportion!r}"
-            )
-        proportion = float(proportion)
-    _check_strategies(selection.get("strategies", DEFAULT_STRATEGIES))
-    return RunConfig(
-        use_datapool=use_datapool, process_all=process_all, n_samples=n_samples, proportion_samples=proportion
+class DatasourceConfig(StrictModel):
+    process_all: bool = Field(
+        default=False,
+        description="Consider every raw file in the input again, not only files new since the last run. "
+        "Samples already in the datapool are never added twice.",
     )
 
 
-def _check_strategies(strategies: Any) -> None:
-    where = "selection_config.strategies"
-    if not isinstance(strategies, list) or not strategies:
-        raise ConfigError(f"{where}: expected a non-empty list of {{input: {{type}}, strategy: {{type}}}}")
-    for i, item in enumerate(strategies):
-        entry = _mapping(item, f"{where}[{i}]")
-        _unknown(entry, {"input", "strategy"}, f"{where}[{i}]")
-        input_body = _mapping(entry.get("input"), f"{where}[{i}].input")
-        strategy_body = _mapping(entry.get("strategy"), f"{where}[{i}].strategy")
-        for name, body in (("input", input_body), ("strategy", strategy_body)):
-            extra = sorted(set(body) - {"type"})
-            if extra:
-                raise ConfigError(
-                    f"{where}[{i}].{name}.{extra[0]}: not supported yet (only {name}.type is); remove it"
-                )
-        input_type = str(input_body.get("type", "")).upper()
-        strategy_type = str(strategy_body.get("type", "")).upper()
-        if (input_type, strategy_type) not in SUPPORTED_STRATEGIES:
-            raise ConfigError(
-                f"{where}[{i}]: input.type {input_type or '?'} with strategy.type {strategy_type or '?'} is not "
-                "supported; use input.type EMBEDDINGS with strategy.type DIVERSITY"
-            )
+class WorkerConfig(StrictModel):
+    use_datapool: bool = Field(
+        default=False,
+        description="Grow the existing datapool, selecting what is most different from it. When false the "
+        "dataset must still be empty, otherwise the run aborts.",
+    )
+    datasource: DatasourceConfig = Field(default=DatasourceConfig(), description="Which raw files to consider.")
+    enable_training: bool = Field(default=False, description="Accepted for vendor configs; must be false.")
+
+    @field_validator("enable_training")
+    @classmethod
+    def _no_training(cls, value: bool) -> bool:
+        if value:
+            raise ValueError("training is not supported; remove it or set false")
+        return value
+
+
+class StrategyInput(StrictModel):
+    type: Literal["EMBEDDINGS"] = Field(default="EMBEDDINGS", description="What the strategy looks at: EMBEDDINGS.")
+
+
+class Strategy(StrictModel):
+    type: Literal["DIVERSITY"] = Field(
+        default="DIVERSITY", description="DIVERSITY: greedy k-center given the datapool."
+    )
+
+
+class StrategyEntry(StrictModel):
+    input: StrategyInput = Field(default=StrategyInput(), description="The strategy's input.")
+    strategy: Strategy = Field(default=Strategy(), description="The strategy and its settings.")
+
+
+DEFAULT_STRATEGIES = (StrategyEntry(),)
+
+
+class SelectionConfig(StrictModel):
+    n_samples: int | None = Field(
+        default=None,
+        ge=1,
+        description="How many new samples to add (counted over new data only). Exactly one of n_samples / "
+        "proportion_samples.",
+    )
+    proportion_samples: float | None = Field(
+        default=None,
+        gt=0,
+        le=1,
+        description="Fraction (0 < p <= 1) of the new samples to add, rounded down, at least one.",
+    )
+    strategies: tuple[StrategyEntry, ...] = Field(
+        default=DEFAULT_STRATEGIES,
+        min_length=1,
+        strict=False,  # a YAML/JSON list becomes the tuple; each entry is still validated strictly
+        description="Selection strategies; EMBEDDINGS + DIVERSITY.",
+    )
+
+    @model_validator(mode="after")
+    def _exactly_one_amount(self) -> SelectionConfig:
+        if self.n_samples is None and self.proportion_samples is None:
+            raise ValueError("set exactly one of n_samples (a count) or proportion_samples (0 < p <= 1)")
+        if self.n_samples is not None and self.proportion_samples is not None:
+            raise ValueError("n_samples and proportion_samples are both set; keep exactly one of them")
+        return self
+
+
+class RunConfig(StrictModel):
+    """One run's settings: what to consider (worker_config) and how much to select (selection_config)."""
+
+    worker_config: WorkerConfig = Field(default=WorkerConfig(), description="Which data the run considers.")
+    selection_config: SelectionConfig = Field(description="How many new samples to select, and how.")
+
+    @property
+    def use_datapool(self) -> bool:
+        return self.worker_config.use_datapool
+
+    @property
+    def process_all(self) -> bool:
+        return self.worker_config.datasource.process_all
+
+    @property
+    def n_samples(self) -> int | None:
+        return self.selection_config.n_samples
+
+    @property
+    def proportion_samples(self) -> float | None:
+        return self.selection_config.proportion_samples
+
+    def to_dict(self) -> dict[str, Any]:
+        """The config as plain data (what run records and reports store), unset amounts left out."""
+        return self.model_dump(mode="json", exclude_none=True, exclude={"worker_config": {"enable_training"}})
+
+
+def parse_run_config(raw: Any) -> RunConfig:
+    """Validate a run config mapping; a ConfigError names the first wrong field."""
+    if raw is None:
+        raw = {}
+    if isinstance(raw, dict) and "selection_config" not in raw:
+        raw = {**raw, "selection_config": {}}  # say what selection_config lacks, not that it is missing
+    return validate(RunConfig, raw, "run config" if not isinstance(raw, dict) else "")
 
 
 def load_run_config_file(path: str | Path) -> dict[str, Any]:

@@ -1,81 +1,57 @@
-"""The run config as Dagster Config classes, so the launchpad shows defaults and descriptions."""
+"""The launchpad's run config: Dagster Config classes derived from the one run-config schema
+(datapool_pipeline.config), so the launchpad shows the same fields, types, defaults and descriptions
+as `datapool run --config`, and `parsed()` applies the same validation."""
 
 from __future__ import annotations
 
-from enum import Enum
+import types
+import typing
+from typing import Any
 
 import dagster as dg
-from pydantic import Field
+from pydantic import BaseModel, Field, create_model
 
 from datapool_pipeline.config import RunConfig, parse_run_config
 
 
-class DatasourceConfig(dg.Config):
-    process_all: bool = Field(
-        default=False,
-        description="Consider every raw file in the input again, not only files new since the last run. "
-        "Samples already in the datapool are never added twice.",
-    )
+def dagster_config_class(model: type[BaseModel]) -> type[dg.Config]:
+    """A dg.Config with the model's fields (nested models converted too, tuples as lists); Dagster turns
+    Literal types into enums, so the launchpad refuses unknown values before a run starts."""
+    fields: dict[str, Any] = {}
+    for name, info in model.model_fields.items():
+        annotation = _dagster_annotation(info.annotation)
+        default = info.default
+        if isinstance(default, BaseModel):
+            default = default.model_dump(mode="json")
+        elif isinstance(default, tuple):
+            default = [d.model_dump(mode="json") if isinstance(d, BaseModel) else d for d in default]
+        kwargs: dict[str, Any] = {"description": info.description}
+        fields[name] = (annotation, Field(**kwargs) if info.is_required() else Field(default=default, **kwargs))
+    config = create_model(model.__name__, __base__=dg.Config, __doc__=model.__doc__, **fields)
+    return typing.cast(type[dg.Config], config)
 
 
-class WorkerConfig(dg.Config):
-    use_datapool: bool = Field(
-        default=False,
-        description="Grow the existing datapool, selecting what is most different from it. When false "
-        "the dataset must still be empty, otherwise the run aborts.",
-    )
-    datasource: DatasourceConfig = Field(default=DatasourceConfig(), description="Which raw files to consider.")
+def _dagster_annotation(annotation: Any) -> Any:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return dagster_config_class(annotation)
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if origin is tuple:
+        return list[_dagster_annotation(args[0])]  # type: ignore[misc]
+    if origin in (typing.Union, types.UnionType):
+        converted = tuple(_dagster_annotation(a) for a in args)
+        return typing.Union[converted]  # noqa: UP007 - built from a runtime tuple
+    return annotation
 
 
-class InputType(str, Enum):
-    EMBEDDINGS = "EMBEDDINGS"
+_RunConfigBase = dagster_config_class(RunConfig)
 
 
-class StrategyType(str, Enum):
-    DIVERSITY = "DIVERSITY"
-
-
-class StrategyInput(dg.Config):
-    type: InputType = Field(default=InputType.EMBEDDINGS, description="What the strategy looks at: EMBEDDINGS.")
-
-
-class StrategyKind(dg.Config):
-    type: StrategyType = Field(
-        default=StrategyType.DIVERSITY, description="DIVERSITY: greedy k-center given the datapool."
-    )
-
-
-class StrategyConfig(dg.Config):
-    input: StrategyInput = Field(default=StrategyInput())
-    strategy: StrategyKind = Field(default=StrategyKind())
-
-
-class SelectionConfig(dg.Config):
-    n_samples: int | None = Field(
-        default=None,
-        description="How many new samples to add (counted over new data only). Exactly one of "
-        "n_samples / proportion_samples.",
-    )
-    proportion_samples: float | None = Field(
-        default=None,
-        description="Fraction (0 < p <= 1) of the new samples to add, rounded down, at least one.",
-    )
-    strategies: list[StrategyConfig] = Field(
-        default=[{"input": {"type": "EMBEDDINGS"}, "strategy": {"type": "DIVERSITY"}}],
-        description="Selection strategies; EMBEDDINGS + DIVERSITY."
-    )
-
-
-class DatapoolRunConfig(dg.Config):
+class DatapoolRunConfig(_RunConfigBase):  # type: ignore[valid-type,misc]
     """worker_config / selection_config: the same keys as `datapool run --config run.yaml`."""
 
-    worker_config: WorkerConfig = Field(default=WorkerConfig())
-    selection_config: SelectionConfig = Field(default=SelectionConfig())
-
     def parsed(self) -> RunConfig:
-        raw = self.model_dump(mode="json", warnings=False)
-        selection = {k: v for k, v in raw["selection_config"].items() if v is not None}
-        return parse_run_config({"worker_config": raw["worker_config"], "selection_config": selection})
+        return parse_run_config(self.model_dump(mode="json", exclude_none=True, warnings=False))
 
 
 def op_run_config(raw_files_op: str, run_config: dict) -> dict:

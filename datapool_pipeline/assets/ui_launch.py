@@ -56,8 +56,12 @@ def build_launch_job(built: DatasetAssets) -> dg.JobDefinition:
         name=names.launch_job_name(spec),
         description=f"Launch this from the UI to grow {spec.name}: finds the new raw files (all of them with "
         f"process_all), registers their shards and starts {target} over them with the same run config. "
-        f"Needs the dagster-daemon (it runs the sensor {names.launch_sensor_name(spec)}).",
+        f"Needs the dagster-daemon (it runs the sensor {names.launch_sensor_name(spec)}). The launchpad starts "
+        "from the sensor's run config in datasets.yaml (by default: grow the datapool by 10% of the new samples).",
         tags={names.DATASET_TAG: spec.name},
+        # The launchpad's starting point: growing the datapool, as the sensor does (use_datapool: false
+        # would abort on any dataset that already has one).
+        config={"ops": {names.launch_op_name(spec): {"config": spec.sensor.run_config}}},
         executor_def=dg.in_process_executor,  # one small step: no subprocess
     )
     def launch_job() -> None:

@@ -1,0 +1,182 @@
+"""The base of every typed config (datasets.yaml, run config) and the one-line errors they raise.
+
+Config models are pydantic models that forbid unknown keys and do not coerce types ("yes" is not a
+bool, 2.5 is not a count). A validation error becomes a ConfigError naming the field by its path, e.g.
+`selection_config.strategies[0].strategy.stopping_condition_minimum_distance: unknown field; allowed: type`.
+"""
+
+from __future__ import annotations
+
+import re
+import types
+import typing
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from datapool_pipeline.errors import ConfigError
+
+Model = TypeVar("Model", bound=BaseModel)
+
+
+class StrictModel(BaseModel):
+    """Unknown keys are errors, values are not coerced, and a parsed config never changes."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, validate_default=True)
+
+
+def validate(
+    model: type[Model], raw: Any, where: str = "", context: dict[str, Any] | None = None, source: str = ""
+) -> Model:
+    """`model.model_validate(raw)`, with the first error as a one-line ConfigError naming the field
+    (after `source: `, e.g. the file's name, when given)."""
+    try:
+        return model.model_validate(raw, context=context)
+    except ValidationError as exc:
+        message = describe(exc, model, where)
+        raise ConfigError(f"{source}: {message}" if source else message) from None
+
+
+def describe(exc: ValidationError, model: type[BaseModel], where: str = "") -> str:
+    """One line for the first error: the field's path, what is wrong, and the value given."""
+    errors = exc.errors(include_url=False)
+    # An unknown key (often a typo) explains the other errors of its mapping: name it first.
+    error = next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])
+    loc = list(error["loc"])
+    path = field_path(loc, where)
+    if error["type"] == "extra_forbidden":
+        allowed = sorted(allowed_fields(model, loc[:-1]))
+        return f"{path}: unknown field; allowed: {', '.join(allowed)}"
+    # Sequences are tuples inside (hashable, frozen); users write lists.
+    message = str(error["msg"]).removeprefix("Value error, ").replace("tuple", "list").replace("Tuple", "List")
+    if error["type"] == "missing":
+        return f"{path}: required, {_doc(model, loc) or 'missing'}"
+    if error["type"] in ("value_error", "assertion_error"):
+        # A model-level check may name the field inside the model: "credentials.input: ...".
+        inner = re.match(r"^([a-z_]+(?:\.[a-z_]+)*): (.*)$", message)
+        if inner:
+            path, message = (f"{path}.{inner[1]}" if path else inner[1]), inner[2]
+        return f"{path}: {message}" if path else message
+    if _field_extra(model, loc).get("hide_input"):  # e.g. a secret pasted where a variable's name belongs
+        return f"{path}: must be {_doc(model, loc)}"
+    return f"{path}: {_plain(error, model, loc) or message}, got {error.get('input')!r}"
+
+
+def _field_bound(model: type[BaseModel], loc: list[Any], name: str) -> Any:
+    current: Any = model
+    metadata: list[Any] = []
+    for part in loc:
+        if isinstance(part, str) and _is_model(current) and part in current.model_fields:
+            metadata = current.model_fields[part].metadata
+            current = _inner_model(current.model_fields[part].annotation)
+    return next((getattr(m, name) for m in metadata if hasattr(m, name)), None)
+
+
+def _literal_choices(model: type[BaseModel], loc: list[Any]) -> list[str]:
+    current: Any = model
+    annotation: Any = None
+    for part in loc:
+        if isinstance(part, str) and _is_model(current) and part in current.model_fields:
+            annotation = current.model_fields[part].annotation
+            current = _inner_model(annotation)
+    while typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        annotation = next(a for a in typing.get_args(annotation) if a is not type(None))
+    return [str(a) for a in typing.get_args(annotation)] if typing.get_origin(annotation) is typing.Literal else []
+
+
+def _field_extra(model: type[BaseModel], loc: list[Any]) -> dict[str, Any]:
+    current: Any = model
+    extra: Any = {}
+    for part in loc:
+        if isinstance(part, str) and _is_model(current) and part in current.model_fields:
+            extra = current.model_fields[part].json_schema_extra or {}
+            current = _inner_model(current.model_fields[part].annotation)
+    return extra if isinstance(extra, dict) else {}
+
+
+def _plain(error: Any, model: type[BaseModel], loc: list[Any]) -> str:
+    """Pydantic's messages in the words of a config file ("true or false", "a mapping")."""
+    kind, ctx = error["type"], error.get("ctx") or {}
+    words = {
+        "bool_type": "must be true or false",
+        "int_type": "must be an integer",
+        "int_from_float": "must be an integer",
+        "float_type": "must be a number",
+        "string_type": "must be a string",
+        "dict_type": "expected a mapping",
+        "model_type": "expected a mapping",
+        "model_attributes_type": "expected a mapping",
+        "tuple_type": "expected a list",
+        "list_type": "expected a list",
+    }
+    if kind in ("int_type", "int_from_float", "int_parsing") and _field_bound(model, loc, "ge") == 1:
+        return "must be a positive integer"
+    if kind in words:
+        return words[kind]
+    bounds = {"greater_than_equal": ">=", "greater_than": ">", "less_than_equal": "<=", "less_than": "<"}
+    if kind in bounds:
+        limit = next(iter(ctx.values()), "?")
+        if kind == "greater_than_equal" and limit == 1 and isinstance(error.get("input"), int):
+            return "must be a positive integer"
+        return f"must be {bounds[kind]} {limit}"
+    if kind == "literal_error":
+        choices = _literal_choices(model, loc)
+        return f"must be one of {', '.join(choices)}" if choices else f"must be {ctx.get('expected', '?')}"
+    if kind == "string_pattern_mismatch":
+        return f"must be {_doc(model, loc) or 'of the documented form'}"
+    if kind in ("too_short", "string_too_short"):
+        return "must not be empty"
+    return ""
+
+
+def field_path(loc: list[Any], where: str = "") -> str:
+    """('selection_config', 'strategies', 0, 'strategy') -> selection_config.strategies[0].strategy"""
+    text = where
+    for part in loc:
+        if isinstance(part, int):
+            text += f"[{part}]"
+        elif part not in ("function-after", "function-before") and not str(part).startswith("function-"):
+            text += f".{part}" if text else str(part)
+    return text
+
+
+def allowed_fields(model: type[BaseModel], loc: list[Any]) -> set[str]:
+    """The field names of the model found at `loc` inside `model` (dict keys and list indexes skipped)."""
+    current: Any = model
+    for part in loc:
+        if isinstance(part, str) and _is_model(current) and part in current.model_fields:
+            current = _inner_model(current.model_fields[part].annotation)
+        elif _is_model(current) and isinstance(part, str):
+            continue  # a mapping key (a dataset name)
+    if not _is_model(current):
+        return set()
+    # Fields filled in by the loader (a dataset's name comes from its key) are not for users to write.
+    return {n for n, f in current.model_fields.items() if not (f.json_schema_extra or {}).get("derived")}
+
+
+def _doc(model: type[BaseModel], loc: list[Any]) -> str:
+    current: Any = model
+    description = ""
+    for part in loc:
+        if isinstance(part, str) and _is_model(current) and part in current.model_fields:
+            description = current.model_fields[part].description or ""
+            current = _inner_model(current.model_fields[part].annotation)
+    first = description.split(". ")[0].rstrip(".")
+    return first[:1].lower() + first[1:]
+
+
+def _is_model(value: Any) -> bool:
+    return isinstance(value, type) and issubclass(value, BaseModel)
+
+
+def _inner_model(annotation: Any) -> Any:
+    """The model inside `Model`, `Model | None`, `list[Model]`, `tuple[Model, ...]`, `dict[str, Model]`."""
+    if _is_model(annotation):
+        return annotation
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType, list, tuple, dict, typing.Annotated):
+        for arg in typing.get_args(annotation):
+            inner = _inner_model(arg)
+            if inner is not None:
+                return inner
+    return None
