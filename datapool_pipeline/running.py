@@ -32,6 +32,9 @@ concurrency:
         value:
           applyLimitPerUniqueValue: true
         limit: 1
+run_coordinator:
+  module: datapool_pipeline.assets.run_coordinator
+  class: DatapoolRunCoordinator
 telemetry:
   enabled: false
 """

@@ -32,6 +32,9 @@ def test_deploy_instance_config_is_valid(variant: str, monkeypatch: pytest.Monke
         assert result.success, f"{variant}: {key}: {[e.message for e in result.errors or []]}"
     limits = config["concurrency"]["runs"]["tag_concurrency_limits"]
     assert limits == [{"key": "datapool/dataset", "value": {"applyLimitPerUniqueValue": True}, "limit": 1}]
+    # The coordinator that puts the dataset tag on backfill runs, so the limit above holds them too.
+    coordinator = {"module": "datapool_pipeline.assets.run_coordinator", "class": "DatapoolRunCoordinator"}
+    assert {k: config["run_coordinator"][k] for k in coordinator} == coordinator
 
 
 def test_k8s_executor_is_selectable(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -332,6 +335,14 @@ def test_helm_values_deploy_this_image_and_keep_the_instance_limits() -> None:
     assert concurrency["runs"]["tagConcurrencyLimits"] == instance["concurrency"]["runs"]["tag_concurrency_limits"]
     assert concurrency["pools"]["defaultLimit"] == instance["concurrency"]["pools"]["default_limit"] == 1
     daemon = values["dagsterDaemon"]
-    assert daemon["runCoordinator"]["enabled"] and daemon["runCoordinator"]["type"] == "QueuedRunCoordinator"
+    # The run coordinator that tags backfill runs with their dataset, as in the repository's dagster.yaml; the
+    # daemon and the webserver, which import it, run the code location's image.
+    assert daemon["runCoordinator"]["enabled"] and daemon["runCoordinator"]["type"] == "CustomRunCoordinator"
+    custom = daemon["runCoordinator"]["config"]["customRunCoordinator"]
+    assert (custom["module"], custom["class"]) == (instance["run_coordinator"]["module"],
+                                                   instance["run_coordinator"]["class"])
+    code_image = values["dagster-user-deployments"]["deployments"][0]["image"]
+    for image in (daemon["image"], values["dagsterWebserver"]["image"]):
+        assert (image["repository"], image["tag"]) == (code_image["repository"], code_image["tag"])
     assert daemon["runMonitoring"]["enabled"] is True
     assert values["postgresql"]["postgresqlScheme"] == "postgresql+psycopg2"
