@@ -25,6 +25,9 @@ DATASET_TYPES = ("IMAGES", "VIDEOS")
 _NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,62}$")
 _OBJECT_STORE_SCHEMES = ("s3://", "gs://", "az://")
 _ENV_PREFIX_RE = r"^[A-Z][A-Z0-9_]{0,38}[A-Z0-9]$|^[A-Z]$"
+INPUT_NAME_RE = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$"
+INPUT_SEPARATOR = ":"
+"""Between an input's name and a key in the sample ids of named inputs: `archive:2024/a.mp4`."""
 _OWNER_RE = re.compile(r"^team:[A-Za-z0-9_-]+$|^[^@\s]+@[^@\s]+$")
 EMBEDDING_PRECISIONS = ("auto", "int8", "fp32", "bf16")
 
@@ -167,12 +170,45 @@ class CredentialsSpec(StrictModel):
         return f"{prefix}_" if prefix else ""
 
 
+class InputSpec(StrictModel):
+    """One datasource a dataset reads raw files from."""
+
+    uri: str = Field(min_length=1, description="A folder path or an s3:// gs:// az:// prefix with the raw files.")
+    name: str | None = Field(
+        default=None,
+        pattern=INPUT_NAME_RE,
+        json_schema_extra={"hint": "letters, digits, - and _, starting with a letter or a digit"},
+        description="Qualifies the sample ids of this input's files as <name>:<key>, so equal keys in two inputs "
+        "never collide; at most one input of a dataset has no name (its keys stay as they are, which is how an "
+        "existing dataset keeps its datapool when an input is added).",
+    )
+    credentials: str | None = Field(
+        default=None,
+        pattern=_ENV_PREFIX_RE,
+        json_schema_extra={"hide_input": True},
+        description="An environment-variable prefix of capital letters, digits and _ for this input's "
+        "credentials; default: credentials.input.",
+    )
+
+    @field_validator("uri", mode="before")
+    @classmethod
+    def _resolve(cls, value: Any, info: ValidationInfo) -> Any:
+        base_dir = (info.context or {}).get("base_dir")
+        return resolve_location(value, Path(base_dir or ".")) if isinstance(value, str) and value.strip() else value
+
+
 class DatasetSpec(StrictModel):
     """One dataset: where its raw files are, where its datapool lives, and how it is processed."""
 
     name: str = Field(description="The dataset's name: its key under datasets:.", json_schema_extra={"derived": True})
     type: Literal["IMAGES", "VIDEOS"] = Field(description="IMAGES or VIDEOS; fixed once the datapool exists.")
-    input: str = Field(min_length=1, description="A folder path or an s3:// gs:// az:// prefix with the raw files.")
+    inputs: tuple[InputSpec, ...] = Field(
+        validation_alias="input",
+        min_length=1,
+        strict=False,
+        description="Where the raw files are: a folder path or an s3:// gs:// az:// prefix, or a list of them "
+        "(entries {uri, name, credentials}) to grow one datapool from several datasources.",
+    )
     output: str = Field(
         min_length=1, description="A folder path or an s3:// gs:// az:// prefix for the datapool, apart from input."
     )
@@ -219,7 +255,36 @@ class DatasetSpec(StrictModel):
     def _upper(cls, value: Any) -> Any:
         return value.strip().upper() if isinstance(value, str) else value
 
-    @field_validator("input", "output", mode="before")
+    @field_validator("inputs", mode="before")
+    @classmethod
+    def _input_list(cls, value: Any) -> Any:
+        """`input: PATH` is one unnamed input; a list holds paths and {uri, name, credentials} mappings."""
+        entries = [value] if isinstance(value, str) else value
+        if isinstance(entries, list):
+            return tuple({"uri": e} if isinstance(e, str) else e for e in entries)
+        return entries
+
+    @field_validator("inputs")
+    @classmethod
+    def _inputs_distinct(cls, inputs: tuple[InputSpec, ...]) -> tuple[InputSpec, ...]:
+        unnamed = [i for i, entry in enumerate(inputs) if entry.name is None]
+        if len(unnamed) > 1:
+            raise ValueError(
+                f"[{unnamed[1]}].name: required: at most one input keeps plain keys, give the others a name "
+                "(their sample ids become <name>:<key>)"
+            )
+        names = [entry.name for entry in inputs if entry.name is not None]
+        if len(set(names)) != len(names):
+            raise ValueError("two inputs share a name: each name qualifies its input's sample ids, keep them apart")
+        for i, first in enumerate(inputs):
+            for second in inputs[i + 1 :]:
+                if locations_overlap(first.uri, second.uri):
+                    raise ValueError(
+                        f"inputs {first.uri} and {second.uri} overlap: a file would be read twice as two samples"
+                    )
+        return inputs
+
+    @field_validator("output", mode="before")
     @classmethod
     def _resolve(cls, value: Any, info: ValidationInfo) -> Any:
         base_dir = (info.context or {}).get("base_dir")
@@ -235,18 +300,43 @@ class DatasetSpec(StrictModel):
 
     @model_validator(mode="after")
     def _locations_apart(self) -> DatasetSpec:
-        if locations_overlap(self.input, self.output):
-            raise ValueError(
-                f"input ({self.input}) and output ({self.output}) overlap: the output must be neither the input "
-                "nor inside it (its frames would be listed as new raw files), and not contain it"
-            )
-        for side in ("input", "output"):
-            if getattr(self.credentials, side) and not getattr(self, side).startswith(_OBJECT_STORE_SCHEMES):
+        for entry in self.inputs:
+            if locations_overlap(entry.uri, self.output):
+                raise ValueError(
+                    f"input ({entry.uri}) and output ({self.output}) overlap: the output must be neither the input "
+                    "nor inside it (its frames would be listed as new raw files), and not contain it"
+                )
+            if entry.credentials and not entry.uri.startswith(_OBJECT_STORE_SCHEMES):
+                raise ValueError(
+                    f"input: {entry.uri} is a local folder; credentials apply to s3://, gs:// and az:// only"
+                )
+        local_inputs = all(not e.uri.startswith(_OBJECT_STORE_SCHEMES) for e in self.inputs)
+        for side, local in (("input", local_inputs), ("output", not self.output.startswith(_OBJECT_STORE_SCHEMES))):
+            if getattr(self.credentials, side) and local:
                 raise ValueError(
                     f"credentials.{side}: the {side} is a local folder; credentials apply to s3://, gs:// and az:// "
                     "only"
                 )
         return self
+
+    @property
+    def input(self) -> str:
+        """The location of a dataset's only input (code that handles several inputs uses `inputs`)."""
+        if len(self.inputs) != 1:
+            raise ValueError(f"dataset {self.name} has {len(self.inputs)} inputs; use DatasetSpec.inputs")
+        return self.inputs[0].uri
+
+    def input_of(self, key: str) -> InputSpec:
+        """The input a sample id (raw key) comes from: `<name>:<key>` names one, other keys are the
+        unnamed input's (or the only input's)."""
+        name, sep, _ = key.partition(INPUT_SEPARATOR)
+        named = next((e for e in self.inputs if sep and e.name == name), None)
+        return named or next((e for e in self.inputs if e.name is None), self.inputs[0])
+
+    def input_env_prefix(self, entry: InputSpec) -> str:
+        """'RAW_' for an input whose credentials are behind prefix RAW ('' = the standard variables)."""
+        prefix = entry.credentials or self.credentials.input
+        return f"{prefix}_" if prefix else ""
 
     @property
     def asset_prefix(self) -> str:

@@ -42,8 +42,9 @@ def build_definitions(datasets_path: str | None = None) -> dg.Definitions:
     )
 
 
-def job_for_dataset(dataset: str, datasets_path: str | None = None) -> dg.JobDefinition:
-    """Module-level builder so `build_reconstructable_job` can rebuild a dataset's job elsewhere."""
+def job_for_dataset(dataset: str, datasets_path: str | None = None, content: str = "") -> dg.JobDefinition:
+    """Module-level builder so `build_reconstructable_job` can rebuild a dataset's job elsewhere. `content`
+    (a hash of the datasets file) only keys Dagster's cache of reconstructed jobs."""
     specs = load_datasets(datasets_path)
     built = build_all({dataset: specs[dataset]})[dataset]
     defs = dg.Definitions(

@@ -7,6 +7,7 @@ CLI's business.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import re
@@ -164,8 +165,11 @@ def _execute(
 ) -> str:
     import dagster as dg
 
+    # The file's content is part of the key: Dagster caches a reconstructed job per argument tuple, and an
+    # edited datasets.yaml (a new input, say) must not run with the definitions of the previous version.
+    content = hashlib.sha256(Path(datasets_path).read_bytes()).hexdigest()[:16]
     job = dg.build_reconstructable_job(
-        "datapool_pipeline.definitions", "job_for_dataset", reconstructable_args=(spec.name, datasets_path)
+        "datapool_pipeline.definitions", "job_for_dataset", reconstructable_args=(spec.name, datasets_path, content)
     )
     logging.getLogger("dagster").setLevel(logging.INFO)
     with dg.execute_job(

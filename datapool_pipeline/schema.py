@@ -53,9 +53,10 @@ def describe(exc: ValidationError, model: type[BaseModel], where: str = "") -> s
         return f"{path}: required, {_doc(model, loc) or 'missing'}"
     if error["type"] in ("value_error", "assertion_error"):
         # A model-level check may name the field inside the model: "credentials.input: ...".
-        inner = re.match(r"^([a-z_]+(?:\.[a-z_]+)*): (.*)$", message)
+        inner = re.match(r"^((?:\[\d+\]|[a-z_]+)(?:\.[a-z_]+|\[\d+\])*): (.*)$", message)
         if inner:
-            path, message = (f"{path}.{inner[1]}" if path else inner[1]), inner[2]
+            joint = "" if inner[1].startswith("[") or not path else "."
+            path, message = f"{path}{joint}{inner[1]}", inner[2]
         return f"{path}: {message}" if path else message
     if _field_extra(model, loc).get("hide_input"):  # e.g. a secret pasted where a variable's name belongs
         return f"{path}: must be {_doc(model, loc)}"
@@ -66,9 +67,10 @@ def _field_bound(model: type[BaseModel], loc: list[Any], name: str) -> Any:
     current: Any = model
     metadata: list[Any] = []
     for part in loc:
-        if isinstance(part, str) and _is_model(current) and part in current.model_fields:
-            metadata = current.model_fields[part].metadata
-            current = _inner_model(current.model_fields[part].annotation)
+        info = _field(current, part)
+        if info is not None:
+            metadata = info.metadata
+            current = _inner_model(info.annotation)
     return next((getattr(m, name) for m in metadata if hasattr(m, name)), None)
 
 
@@ -88,9 +90,10 @@ def _field_extra(model: type[BaseModel], loc: list[Any]) -> dict[str, Any]:
     current: Any = model
     extra: Any = {}
     for part in loc:
-        if isinstance(part, str) and _is_model(current) and part in current.model_fields:
-            extra = current.model_fields[part].json_schema_extra or {}
-            current = _inner_model(current.model_fields[part].annotation)
+        info = _field(current, part)
+        if info is not None:
+            extra = info.json_schema_extra or {}
+            current = _inner_model(info.annotation)
     return extra if isinstance(extra, dict) else {}
 
 
@@ -123,7 +126,8 @@ def _plain(error: Any, model: type[BaseModel], loc: list[Any]) -> str:
         choices = _literal_choices(model, loc)
         return f"must be one of {', '.join(choices)}" if choices else f"must be {ctx.get('expected', '?')}"
     if kind == "string_pattern_mismatch":
-        return f"must be {_doc(model, loc) or 'of the documented form'}"
+        hint = _field_extra(model, loc).get("hint")
+        return f"must be {hint or _doc(model, loc) or 'of the documented form'}"
     if kind in ("too_short", "string_too_short"):
         return "must not be empty"
     return ""
@@ -144,25 +148,38 @@ def allowed_fields(model: type[BaseModel], loc: list[Any]) -> set[str]:
     """The field names of the model found at `loc` inside `model` (dict keys and list indexes skipped)."""
     current: Any = model
     for part in loc:
-        if isinstance(part, str) and _is_model(current) and part in current.model_fields:
-            current = _inner_model(current.model_fields[part].annotation)
-        elif _is_model(current) and isinstance(part, str):
-            continue  # a mapping key (a dataset name)
+        info = _field(current, part)
+        if info is not None:
+            current = _inner_model(info.annotation)
     if not _is_model(current):
         return set()
     # Fields filled in by the loader (a dataset's name comes from its key) are not for users to write.
-    return {n for n, f in current.model_fields.items() if not (f.json_schema_extra or {}).get("derived")}
+    return {
+        f.validation_alias if isinstance(f.validation_alias, str) else n
+        for n, f in current.model_fields.items()
+        if not (f.json_schema_extra or {}).get("derived")
+    }
 
 
 def _doc(model: type[BaseModel], loc: list[Any]) -> str:
     current: Any = model
     description = ""
     for part in loc:
-        if isinstance(part, str) and _is_model(current) and part in current.model_fields:
-            description = current.model_fields[part].description or ""
-            current = _inner_model(current.model_fields[part].annotation)
+        info = _field(current, part)
+        if info is not None:
+            description = info.description or ""
+            current = _inner_model(info.annotation)
     first = description.split(". ")[0].rstrip(".")
     return first[:1].lower() + first[1:]
+
+
+def _field(model: Any, part: Any) -> Any:
+    """The FieldInfo named `part` (by name or validation alias) in a model, or None."""
+    if not (_is_model(model) and isinstance(part, str)):
+        return None
+    if part in model.model_fields:
+        return model.model_fields[part]
+    return next((f for f in model.model_fields.values() if f.validation_alias == part), None)
 
 
 def _is_model(value: Any) -> bool:

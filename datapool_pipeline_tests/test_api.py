@@ -7,10 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from datapool_pipeline_tests.helpers import add_videos, write_datasets_yaml
-
-# Slow tier: real runs through the Python API (open_clip model, Dagster instance).
-pytestmark = pytest.mark.slow
+from datapool_pipeline_tests.conftest import add_videos, write_datasets_yaml
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 

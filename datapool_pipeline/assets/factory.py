@@ -90,7 +90,7 @@ def build_dataset_assets(spec: DatasetSpec) -> DatasetAssets:
         key=[prefix, "raw_files"],
         description=f"The {kind} of {input_storage.display()} this run processes: files new since the last "
         "committed run (exact key + version), or all of them with process_all.",
-        kinds={"python", _storage_kind(spec.input)},
+        kinds={"python", *(_storage_kind(entry.uri) for entry in spec.inputs)},
         io_manager_key=io_key,
         **common,
     )

@@ -26,10 +26,11 @@ from typing import Any
 
 from pydantic import Field
 
-from datapool_pipeline.datasets import DatasetSpec
+from datapool_pipeline.datasets import DatasetSpec, InputSpec
 from datapool_pipeline.errors import ConfigError
 from datapool_pipeline.storage import Storage, gcs, is_object_store, open_storage, s3
 from datapool_pipeline.storage import azure as az
+from datapool_pipeline.storage.combined import CombinedInputs
 from datapool_pipeline.storage.retry import RETRY_ENV, retry_settings
 
 SIDES = ("input", "output")
@@ -172,8 +173,10 @@ def storage_resource_key(spec: DatasetSpec, side: str) -> str:
     return f"{spec.asset_prefix}_{side}_storage"
 
 
-def _location(spec: DatasetSpec, side: str) -> str:
-    return spec.input if side == "input" else spec.output
+def input_resource_key(spec: DatasetSpec, index: int) -> str:
+    """The resource key of one input of a dataset: the side's key for a single input, else numbered
+    (videos_datapool_input_storage, or videos_datapool_input1_storage for the second of several)."""
+    return storage_resource_key(spec, "input") if len(spec.inputs) == 1 else f"{spec.asset_prefix}_input{index}_storage"
 
 
 def storage_resource(uri: str, env_prefix: str = "") -> StorageResource | None:
@@ -237,18 +240,25 @@ def storage_resource(uri: str, env_prefix: str = "") -> StorageResource | None:
     return None
 
 
-def dataset_storage_resource(spec: DatasetSpec, side: str) -> StorageResource | None:
-    return storage_resource(_location(spec, side), spec.credentials.env_prefix(side))
+def output_storage_resource(spec: DatasetSpec) -> StorageResource | None:
+    return storage_resource(spec.output, spec.credentials.env_prefix("output"))
+
+
+def input_storage_resource(spec: DatasetSpec, entry: InputSpec) -> StorageResource | None:
+    return storage_resource(entry.uri, spec.input_env_prefix(entry))
 
 
 def storage_resources(specs: dict[str, DatasetSpec] | list[DatasetSpec]) -> dict[str, StorageResource]:
-    """The storage resources of every dataset side on an object store, by `storage_resource_key`."""
+    """The storage resources of every dataset input and output on an object store, by resource key."""
     resources: dict[str, StorageResource] = {}
     for spec in specs.values() if isinstance(specs, dict) else specs:
-        for side in SIDES:
-            resource = dataset_storage_resource(spec, side)
+        for index, entry in enumerate(spec.inputs):
+            resource = input_storage_resource(spec, entry)
             if resource is not None:
-                resources[storage_resource_key(spec, side)] = resource
+                resources[input_resource_key(spec, index)] = resource
+        resource = output_storage_resource(spec)
+        if resource is not None:
+            resources[storage_resource_key(spec, "output")] = resource
     return resources
 
 
@@ -304,7 +314,16 @@ def storage_for(spec: DatasetSpec, side: str, resource: Any = None) -> Storage:
     elsewhere (CLI, sensors) leave `resource` out: the same resource is built from the environment."""
     if side not in SIDES:
         raise ValueError(f"side must be 'input' or 'output', got {side!r}")
-    uri = _location(spec, side)
-    if resource is None and is_object_store(uri):
-        resource = dataset_storage_resource(spec, side)
-    return storage_at(uri, resource, spec.credentials.env_prefix(side))
+    if side == "output":
+        if resource is None and is_object_store(spec.output):
+            resource = output_storage_resource(spec)
+        return storage_at(spec.output, resource, spec.credentials.env_prefix("output"))
+    members: list[tuple[str | None, Storage]] = []
+    for entry in spec.inputs:
+        chosen = resource if len(spec.inputs) == 1 else None
+        if chosen is None and is_object_store(entry.uri):
+            chosen = input_storage_resource(spec, entry)
+        members.append((entry.name, storage_at(entry.uri, chosen, spec.input_env_prefix(entry))))
+    if len(members) == 1 and members[0][0] is None:
+        return members[0][1]
+    return CombinedInputs(members)

@@ -73,6 +73,7 @@ def build_report(
             "adopted_from_crashed_run": commit.adopted,
         },
         "input": _input_section(data),
+        "inputs": _inputs_section(spec, data),
         "per_file": _per_file(data, spec.type),
         **_distance_sections(data, seed=spec.seed),
         "thumbnails": _thumbnails(data, spec.type),
@@ -102,6 +103,24 @@ def _input_section(data: RunData) -> dict[str, Any]:
             {"key": k, "reason": _redact(r)} for k, r in zip(skipped["raw_key"], skipped["error"], strict=True)
         ],
     }
+
+
+def _inputs_section(spec: DatasetSpec, data: RunData) -> list[dict[str, Any]]:
+    """Per input of the dataset: where it is, its files this run, and its samples picked / in the datapool."""
+    def counts(keys: list[str]) -> dict[str | None, int]:
+        out: dict[str | None, int] = {}
+        for key in keys:
+            name = spec.input_of(key).name
+            out[name] = out.get(name, 0) + 1
+        return out
+
+    ok = data.processed.filter(pl.col("status") == "ok")["raw_key"].to_list()
+    files, picked = counts(ok), counts(data.samples["raw_key"].to_list())
+    return [
+        {"name": e.name or "", "location": e.uri, "raw_files_processed": files.get(e.name, 0),
+         "samples_added": picked.get(e.name, 0)}
+        for e in spec.inputs
+    ]
 
 
 def _per_file(data: RunData, dataset_type: str) -> list[dict[str, Any]]:

@@ -153,6 +153,7 @@ def _first_page(r: dict[str, Any], s: _Styles) -> list[Any]:
                "(listed at the end)." if inp["raw_files_skipped"] else "No file was skipped."),
             s.body,
         ),
+        *_inputs_paragraph(r, s),
         Spacer(1, 6),
         Paragraph(
             "<b>Did the new samples fill the gaps?</b> Coverage asks how far the worst-covered new "
@@ -248,6 +249,19 @@ def _thumbnail_grid(r: dict[str, Any], s: _Styles, read_image: ReadImage) -> lis
     grid = Table(rows, colWidths=[WIDTH / cols] * cols, hAlign="LEFT")
     grid.setStyle(TableStyle([("VALIGN", (0, 0), (-1, -1), "TOP"), ("BOTTOMPADDING", (0, 0), (-1, -1), 8)]))
     return [grid]
+
+
+def _inputs_paragraph(r: dict[str, Any], s: _Styles) -> list[Any]:
+    """Which input the files and picks came from, for a dataset that grows from several."""
+    inputs = r.get("inputs") or []
+    if len(inputs) < 2:
+        return []
+    parts = [
+        f"<b>{escape(i['name'] or '(unnamed)')}</b> ({escape(i['location'])}): {i['raw_files_processed']} file(s), "
+        f"{i['samples_added']} sample(s) added"
+        for i in inputs
+    ]
+    return [Spacer(1, 4), Paragraph("By input: " + "; ".join(parts) + ".", s.body)]
 
 
 def _details(r: dict[str, Any], s: _Styles) -> list[Any]:

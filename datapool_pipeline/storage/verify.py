@@ -12,6 +12,7 @@ import uuid
 
 from datapool_pipeline.errors import ConfigError
 from datapool_pipeline.storage.base import Storage, StorageError, is_safe_key
+from datapool_pipeline.storage.combined import members_of
 from datapool_pipeline.storage.local import LocalStorage
 from datapool_pipeline.storage.objectstore import ObjectStore
 from datapool_pipeline.storage.secrets import redact
@@ -30,6 +31,11 @@ def verify_access(dataset: str, input_storage: Storage, output_storage: Storage)
 
 
 def check_read(dataset: str, storage: Storage) -> None:
+    for member in members_of(storage):
+        _check_read_one(dataset, member)
+
+
+def _check_read_one(dataset: str, storage: Storage) -> None:
     if not isinstance(storage, ObjectStore):
         return  # a missing local folder is reported as "no new raw files" with its path
     try:

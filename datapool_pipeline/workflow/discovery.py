@@ -14,6 +14,7 @@ from datapool_pipeline.datasets import DatasetSpec
 from datapool_pipeline.errors import ConfigError, RunAborted
 from datapool_pipeline.media.kinds import media_kind
 from datapool_pipeline.storage import LocalStorage, Storage
+from datapool_pipeline.storage.combined import members_of
 from datapool_pipeline.workflow.progress import Log, Throttle, no_log
 
 _KEYS = ["raw_key", "raw_version"]
@@ -30,11 +31,12 @@ class Inventory:
 def check_input_exists(spec: DatasetSpec, storage: Storage) -> None:
     """A mistyped local input folder is an error that says so, not "nothing new" (object stores: the
     run-start access check reports a missing bucket)."""
-    if isinstance(storage, LocalStorage) and not storage.root.is_dir():
-        raise ConfigError(
-            f"datasets.{spec.name}.input: the folder {storage.root} does not exist: fix the path in datasets.yaml "
-            "or create the folder"
-        )
+    for member in members_of(storage):
+        if isinstance(member, LocalStorage) and not member.root.is_dir():
+            raise ConfigError(
+                f"datasets.{spec.name}.input: the folder {member.root} does not exist: fix the path in "
+                "datasets.yaml or create the folder"
+            )
 
 
 def list_inventory(spec: DatasetSpec, storage: Storage, log: Log = no_log) -> Inventory:

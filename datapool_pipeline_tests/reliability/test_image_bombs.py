@@ -32,7 +32,7 @@ from datapool_pipeline.media.image import (
     plan_decode,
     resize_center_crop,
 )
-from datapool_pipeline_tests.helpers import add_images, write_datasets_yaml
+from datapool_pipeline_tests.conftest import add_images, write_datasets_yaml
 
 SIDE = 14_000
 
@@ -174,7 +174,6 @@ def _run_measured(yaml_path: Path, dataset: str) -> tuple[int, int, str]:
     return result["code"], result["peak_mb"], done.stderr
 
 
-@pytest.mark.slow
 def test_run_skips_the_crafted_pngs_and_peak_memory_stays_bounded(
     crafted: dict[str, Path], big_jpeg: Path, tmp_path: Path, dagster_home: Path
 ) -> None:

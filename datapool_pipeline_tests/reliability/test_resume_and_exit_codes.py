@@ -10,13 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 from datapool_pipeline.workflow.faults import FAULT_ENV
-from datapool_pipeline_tests.helpers import add_videos, write_datasets_yaml
-
-# Slow tier: real runs, killed and resumed.
-pytestmark = pytest.mark.slow
+from datapool_pipeline_tests.conftest import add_videos, write_datasets_yaml
 
 
 def _report_tag(output: Path, tag: str) -> str:

@@ -24,11 +24,8 @@ from datapool_pipeline.datasets import parse_datasets
 from datapool_pipeline.errors import ConfigError
 from datapool_pipeline.storage import StorageError
 from datapool_pipeline.storage.secrets import redact, secret_values
-from datapool_pipeline_tests.helpers import add_videos, write_datasets_yaml
+from datapool_pipeline_tests.conftest import add_videos, write_datasets_yaml
 from datapool_pipeline_tests.storage.conftest import iam_moto_server
-
-# Slow tier: IAM-enforcing moto servers, Azurite, real runs.
-pytestmark = pytest.mark.slow
 
 RAW_BUCKET, OUT_BUCKET = "vendor-raw", "vendor-lightly"
 _SETUP_CALLS = 11  # requests moto serves before it checks credentials: the IAM world below
