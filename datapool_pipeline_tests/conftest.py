@@ -1,45 +1,26 @@
-"""Shared fixtures: generated media (real ffmpeg test sources), datasets.yaml, a Dagster home, the CLI."""
+"""Shared fixtures: a Dagster home, the CLI, a video dataset. Plain helpers (generated media, datasets.yaml,
+the tiny embedder) are in helpers.py: import them from there, never from a conftest."""
 
 from __future__ import annotations
 
 import contextlib
 import io
-import os
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from datapool_pipeline.demo import make_image, make_videos
+from datapool_pipeline_tests.helpers import CliResult, write_datasets_yaml
 
-# A real open_clip architecture, small enough for CI (about 45 frames/s on 2 cores), random weights.
-TEST_MODEL = "ViT-S-32"
-
-
-@dataclass
-class CliResult:
-    code: int
-    out: str
-    err: str
+# Fixtures that start object-store servers (storage/conftest.py): a test that uses one is in the slow tier
+# whether or not its module says so. (`backend` and `faulty` pick their server at run time, by name.)
+SERVER_FIXTURES = frozenset({"s3_endpoint", "gcs_endpoint", "azurite_url", "s3", "gcs", "azure", "backend", "faulty"})
 
 
-def write_datasets_yaml(
-    path: Path, name: str, dtype: str, input_uri: str, output_uri: str, *, extra: str = ""
-) -> Path:
-    path.write_text(
-        f"""datasets:
-  {name}:
-    type: {dtype}
-    input: {input_uri}
-    output: {output_uri}
-    embedding:
-      model: {TEST_MODEL}
-      pretrained: none
-      batch_size: 32
-{extra}"""
-    )
-    return path
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if SERVER_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture
@@ -75,22 +56,3 @@ def video_dataset(tmp_path: Path) -> Iterator[tuple[Path, Path, Path]]:
     yaml_path = write_datasets_yaml(tmp_path / "datasets.yaml", "videos-datapool", "VIDEOS", str(input_dir),
                                     str(output_dir))
     yield yaml_path, input_dir, output_dir
-
-
-def add_videos(folder: Path, names: list[str], first_source: int = 0, seconds: float = 5.0, fps: int = 10) -> None:
-    """Real H.264 videos from ffmpeg test sources (different source per video)."""
-    make_videos(folder, names, first_source=first_source, seconds=seconds, fps=fps)
-
-
-def add_images(folder: Path, count: int, start: int = 0) -> list[Path]:
-    """Still images of varied content: different test sources, times and formats."""
-    sources = ["testsrc2", "mandelbrot", "smptehdbars", "rgbtestsrc", "testsrc"]
-    paths = []
-    for i in range(start, start + count):
-        ext = ".png" if i % 2 else ".jpg"
-        paths.append(make_image(folder / f"img_{i:04d}{ext}", sources[i % len(sources)], t=(i * 0.7) % 9))
-    return paths
-
-
-def env_without(*names: str) -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if k not in names}

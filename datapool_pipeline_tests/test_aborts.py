@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from datapool_pipeline_tests.conftest import add_videos
+from datapool_pipeline_tests.helpers import add_videos
 
 
 def snapshot(output: Path) -> dict[str, int]:
@@ -56,6 +56,7 @@ def test_unknown_config_field_is_named(cli, video_dataset, tmp_path) -> None:
     assert result.code == 2 and "use_datapol" in result.err and "worker_config" in result.err
 
 
+@pytest.mark.slow
 def test_dataset_aborts(cli, video_dataset) -> None:
     yaml_path, input_dir, output = video_dataset
     ds = ("--datasets", str(yaml_path))
@@ -97,7 +98,7 @@ def test_unknown_dataset(cli, video_dataset) -> None:
 
 
 def test_missing_input_folder_is_an_error_not_nothing_new(cli, tmp_path) -> None:
-    from datapool_pipeline_tests.conftest import write_datasets_yaml
+    from datapool_pipeline_tests.helpers import write_datasets_yaml
 
     yaml_path = write_datasets_yaml(tmp_path / "d.yaml", "v", "VIDEOS", str(tmp_path / "typo"), str(tmp_path / "o"))
     result = cli("--datasets", str(yaml_path), "run", "v", "--n-samples", "5")

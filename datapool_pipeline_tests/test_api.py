@@ -7,7 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from datapool_pipeline_tests.conftest import add_videos, write_datasets_yaml
+from datapool_pipeline_tests.helpers import add_videos, write_datasets_yaml
+
+# Slow tier: real runs through the Python API (open_clip model, Dagster instance).
+pytestmark = pytest.mark.slow
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 

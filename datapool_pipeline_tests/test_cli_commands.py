@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import json
 
-from datapool_pipeline_tests.conftest import add_videos
+import pytest
+
+from datapool_pipeline_tests.helpers import add_videos
+
+# Slow tier: real runs through the CLI (open_clip model, Dagster instance).
+pytestmark = pytest.mark.slow
 
 
 def test_report_latest_flags_after_command_and_unknown_tag(cli, video_dataset) -> None:

@@ -9,10 +9,15 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from datapool_pipeline.datapool import DatapoolStore
 from datapool_pipeline.storage import LocalStorage
 from datapool_pipeline.workflow.commit import FAULT_ENV
-from datapool_pipeline_tests.conftest import add_videos, write_datasets_yaml
+from datapool_pipeline_tests.helpers import add_videos, write_datasets_yaml
+
+# Slow tier: a real run killed mid-way, then resumed.
+pytestmark = pytest.mark.slow
 
 
 def run_cli(yaml_path: Path, *args: str, fault: str | None = None) -> subprocess.CompletedProcess[str]:

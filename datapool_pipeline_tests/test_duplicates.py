@@ -7,6 +7,7 @@ import subprocess
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from datapool_pipeline.datapool import DatapoolStore
 from datapool_pipeline.selection import greedy_k_center
@@ -31,6 +32,7 @@ def test_greedy_stops_at_copies() -> None:
     assert greedy_k_center(x[:2], 2, pool=x).picks == []  # nothing but copies of the pool
 
 
+@pytest.mark.slow
 def test_static_video_selects_one_frame_then_copies_abort(cli, video_dataset, dagster_home) -> None:
     yaml_path, input_dir, output = video_dataset
     ds = ("--datasets", str(yaml_path))

@@ -5,9 +5,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from datapool_pipeline.datapool import DatapoolStore
 from datapool_pipeline.storage import LocalStorage
-from datapool_pipeline_tests.conftest import add_images, add_videos, write_datasets_yaml
+from datapool_pipeline_tests.helpers import add_images, add_videos, write_datasets_yaml
+
+# Slow tier: real runs through the CLI (open_clip model, Dagster instance).
+pytestmark = pytest.mark.slow
 
 
 def test_images_with_proportion(cli, tmp_path: Path) -> None:

@@ -12,7 +12,7 @@ from datapool_pipeline.datapool import DatapoolStore
 from datapool_pipeline.datapool.pool_index import INDEX_PREFIX, load_pool_index
 from datapool_pipeline.selection import greedy_k_center, kcenter
 from datapool_pipeline.storage import LocalStorage
-from datapool_pipeline_tests.conftest import add_videos, write_datasets_yaml
+from datapool_pipeline_tests.helpers import add_videos, write_datasets_yaml
 
 
 def unit(rng: np.random.Generator, n: int, d: int) -> np.ndarray:
@@ -70,6 +70,7 @@ def test_an_index_that_does_not_match_the_pool_is_rebuilt(tmp_path: Path, change
     assert labels[:, 0].tolist() == list(range(20))  # labels are the rows of this pool
 
 
+@pytest.mark.slow
 def test_pipeline_with_hnsw_seeding_selects_what_exact_seeding_selects(
     cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -108,6 +109,7 @@ def test_pipeline_with_hnsw_seeding_selects_what_exact_seeding_selects(
     assert tags["hnsw"] == tags["exact"]
 
 
+@pytest.mark.slow
 def test_model_change_reembeds_the_pool_and_uses_a_new_index(
     cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -7,10 +7,14 @@ from pathlib import Path
 
 import dagster as dg
 import polars as pl
+import pytest
 
 from datapool_pipeline.datapool import DatapoolStore
 from datapool_pipeline.storage import LocalStorage
-from datapool_pipeline_tests.conftest import add_videos
+from datapool_pipeline_tests.helpers import add_videos
+
+# Slow tier: real runs through the CLI (open_clip model, Dagster instance).
+pytestmark = pytest.mark.slow
 
 
 def tags(cli, yaml_path: Path) -> list[tuple[str, int]]:

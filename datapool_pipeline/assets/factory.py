@@ -246,6 +246,11 @@ def build_dataset_assets(spec: DatasetSpec) -> DatasetAssets:
         )
         return summary.as_dict()
 
+    def report_entries(files: dict[str, str]) -> dict[str, dg.MetadataValue]:
+        """Report files: local paths, or object URIs plus browser URLs (assets/metadata.py)."""
+        env_prefix = getattr(store.storage, "env_prefix", "")
+        return {k: v for name, uri in files.items() for k, v in metadata.file_entries(name, uri, env_prefix).items()}
+
     def catch_up(context: dg.AssetExecutionContext, plan: RunPlan) -> None:
         """Decode and embed the run's shards that no frames/embeddings step covered (shards a
         process_all backfill registered after its partitions were fixed), and record them as
@@ -289,9 +294,8 @@ def build_dataset_assets(spec: DatasetSpec) -> DatasetAssets:
                     tables.sample_schema(max(commit.embedding_dim, 1)), metadata.SAMPLE_COLUMNS),
                 "picks": metadata.table(store.read_samples(commit).sort("pick_rank").select(
                     "pick_rank", "sample_id", "pool_distance", "pick_distance")),
-                "report": dg.MetadataValue.path(f"{report_dir}/report.pdf"),
-                "report_json": dg.MetadataValue.path(f"{report_dir}/report.json"),
-                "embedding_view": dg.MetadataValue.path(f"{report_dir}/embedding_view.html"),
+                **report_entries({"report": f"{report_dir}/report.pdf", "report_json": f"{report_dir}/report.json",
+                                  "embedding_view": f"{report_dir}/embedding_view.html"}),
                 "summary": dg.MetadataValue.md(
                     f"| tag | samples | datapool |\n|---|---|---|\n| {commit.tag} | {commit.n_samples} | "
                     f"{commit.datapool_size - commit.n_samples} -> {commit.datapool_size} |"
@@ -321,7 +325,7 @@ def build_dataset_assets(spec: DatasetSpec) -> DatasetAssets:
         return dg.MaterializeResult(
             metadata={
                 "tag": commit.tag,
-                **{names[n]: dg.MetadataValue.path(store.storage.display(written[n])) for n in names},
+                **report_entries({names[n]: store.storage.display(written[n]) for n in names}),
                 "datapool_in": body["datapool"]["size_before"],
                 "datapool_out": body["datapool"]["size_after"],
                 "samples_added": body["datapool"]["samples_added"],

@@ -19,8 +19,11 @@ from datapool_pipeline.datapool import DatapoolStore
 from datapool_pipeline.datasets import load_datasets
 from datapool_pipeline.launch import prepare_run, run_tags
 from datapool_pipeline.storage import open_storage
-from datapool_pipeline_tests.conftest import add_videos, write_datasets_yaml
 from datapool_pipeline_tests.dagster.servers import dagster_servers, wait_for
+from datapool_pipeline_tests.helpers import add_videos, write_datasets_yaml
+
+# Slow tier: a real Dagster webserver and daemon run the jobs.
+pytestmark = pytest.mark.slow
 
 JOB = "videos_datapool_datapool"
 RAW_FILES_OP = "videos_datapool__raw_files"

@@ -10,9 +10,13 @@ import sys
 from pathlib import Path
 
 import dagster as dg
+import pytest
 
 from datapool_pipeline.assets.runs import DATASET_TAG
-from datapool_pipeline_tests.conftest import TEST_MODEL, add_videos
+from datapool_pipeline_tests.helpers import TEST_MODEL, add_videos
+
+# Slow tier: real runs of two datasets at once (open_clip model, Dagster instance).
+pytestmark = pytest.mark.slow
 
 
 def test_runs_of_two_datasets_overlap(tmp_path: Path, dagster_home: Path) -> None:

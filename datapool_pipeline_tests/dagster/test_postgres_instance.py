@@ -21,9 +21,12 @@ from dagster._core.scheduler.instigation import InstigatorType, TickStatus
 
 from datapool_pipeline.datapool import DatapoolStore
 from datapool_pipeline.storage import LocalStorage
-from datapool_pipeline_tests.conftest import add_videos, write_datasets_yaml
 from datapool_pipeline_tests.dagster.postgres import PostgresServer, postgres_server
 from datapool_pipeline_tests.dagster.servers import REPO, dagster_servers, wait_for
+from datapool_pipeline_tests.helpers import add_videos, write_datasets_yaml
+
+# Slow tier: a PostgreSQL server, a Dagster webserver and daemon.
+pytestmark = pytest.mark.slow
 
 DATASET = "videos-datapool"
 SENSOR = "videos_datapool_new_files"

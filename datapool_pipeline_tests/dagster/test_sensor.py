@@ -15,7 +15,7 @@ from datapool_pipeline.datasets import load_datasets
 from datapool_pipeline.definitions import build_definitions
 from datapool_pipeline.errors import ConfigError
 from datapool_pipeline.storage import open_storage
-from datapool_pipeline_tests.conftest import add_videos, write_datasets_yaml
+from datapool_pipeline_tests.helpers import add_videos, write_datasets_yaml
 
 SENSOR = "videos_datapool_new_files"
 PARTITIONS = "videos_datapool__shards"

@@ -11,7 +11,7 @@ import pytest
 
 from datapool_pipeline.datapool import DatapoolStore
 from datapool_pipeline.storage import LocalStorage
-from datapool_pipeline_tests.conftest import add_videos, write_datasets_yaml
+from datapool_pipeline_tests.helpers import add_videos, write_datasets_yaml
 
 INSTANCE_YAML = """\
 run_coordinator:
@@ -26,6 +26,7 @@ telemetry:
 
 
 @pytest.mark.timeout(600)
+@pytest.mark.slow  # runs submitted through a real Dagster instance's launcher
 def test_run_is_launched_by_the_instance_and_followed(cli, tmp_path: Path, dagster_home: Path, monkeypatch) -> None:
     (dagster_home / "dagster.yaml").write_text(INSTANCE_YAML)
     monkeypatch.setenv("DATAPOOL_LAUNCH", "instance")

@@ -13,9 +13,12 @@ from dagster_graphql import DagsterGraphQLClient
 
 from datapool_pipeline.datapool import DatapoolStore
 from datapool_pipeline.storage import LocalStorage
-from datapool_pipeline_tests.conftest import add_videos, write_datasets_yaml
 from datapool_pipeline_tests.dagster.servers import dagster_servers, wait_for
 from datapool_pipeline_tests.dagster.test_e2e import BACKFILL_MUTATION, _finished, _graphql
+from datapool_pipeline_tests.helpers import add_videos, write_datasets_yaml
+
+# Slow tier: a real Dagster webserver and daemon run the jobs.
+pytestmark = pytest.mark.slow
 
 LAUNCH_JOB = "videos_datapool_launch"
 LAUNCH_OP = "videos_datapool__find_new_files"

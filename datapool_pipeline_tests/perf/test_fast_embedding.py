@@ -13,7 +13,7 @@ from datapool_pipeline.datasets import EmbeddingSpec
 from datapool_pipeline.embedding import model as emb
 from datapool_pipeline.embedding.fast_cpu import ClassTokenLastBlock, FusedSelfAttention, optimize_visual_for_cpu
 from datapool_pipeline.embedding.model import prefetch_batches
-from datapool_pipeline_tests.conftest import TEST_MODEL
+from datapool_pipeline_tests.helpers import TEST_MODEL
 
 
 def reference(frames: np.ndarray) -> np.ndarray:
@@ -34,6 +34,7 @@ def frames() -> np.ndarray:
     return np.clip(base[np.arange(8) % 4].astype(int) + noise, 0, 255).astype(np.uint8)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("precision", ["fp32", "int8"])
 def test_cosine_to_fp32_reference(frames: np.ndarray, precision: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("DATAPOOL_CPU_PRECISION", precision)
@@ -82,6 +83,7 @@ def test_fused_attention_equals_multihead_attention(batch_first: bool) -> None:
         assert torch.equal(fused(q, x, x)[0], mha(q, x, x, need_weights=False)[0])  # cross: delegated
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("pool_type", ["tok", "avg"])
 def test_class_token_last_block_only_where_it_is_exact(pool_type: str) -> None:
     """The last block runs for the class token alone when the tower outputs that token, and gives
@@ -98,6 +100,7 @@ def test_class_token_last_block_only_where_it_is_exact(pool_type: str) -> None:
     assert torch.allclose(got, expected, atol=1e-4)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("configured", "used"), [("auto", "int8"), ("fp32", "fp32"), ("int8", "int8")])
 def test_precision_comes_from_datasets_yaml(configured: str, used: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("DATAPOOL_CPU_PRECISION", raising=False)

@@ -8,9 +8,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from datapool_pipeline.datapool import DatapoolStore
 from datapool_pipeline.storage import LocalStorage
-from datapool_pipeline_tests.conftest import add_videos, write_datasets_yaml
+from datapool_pipeline_tests.helpers import add_videos, write_datasets_yaml
+
+# Slow tier: concurrent real runs.
+pytestmark = pytest.mark.slow
 
 
 def test_two_simultaneous_runs_commit_once(tmp_path: Path, dagster_home: Path) -> None:

@@ -14,7 +14,10 @@ import pytest
 from datapool_pipeline.datapool import DatapoolStore
 from datapool_pipeline.storage import LocalStorage
 from datapool_pipeline.workflow.faults import FAULT_ENV, FAULT_POINTS
-from datapool_pipeline_tests.conftest import add_videos, write_datasets_yaml
+from datapool_pipeline_tests.helpers import add_videos, write_datasets_yaml
+
+# Slow tier: real runs killed (SIGKILL) at each crash point, then resumed.
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")

@@ -24,7 +24,7 @@ from datapool_pipeline.datapool import DatapoolStore, tables
 from datapool_pipeline.datapool.check import check_datapool
 from datapool_pipeline.errors import DamagedStateError
 from datapool_pipeline.storage import LocalStorage
-from datapool_pipeline_tests.conftest import add_videos, write_datasets_yaml
+from datapool_pipeline_tests.helpers import add_videos, write_datasets_yaml
 
 DAMAGES = ["garbage_manifest", "empty_manifest", "truncated_samples", "truncated_processed", "deleted_part",
            "copied_manifest"]
@@ -197,6 +197,7 @@ def _one_line_error(result, key_location: str) -> None:
     assert last.startswith("datapool: aborted: damaged datapool: ") and key_location in last, result.err[-3000:]
 
 
+@pytest.mark.slow
 def test_damaged_state_through_the_cli_after_real_runs(cli, tmp_path: Path) -> None:
     input_dir, output = tmp_path / "input", tmp_path / "out"
     input_dir.mkdir()
@@ -250,6 +251,7 @@ def test_damaged_state_through_the_cli_after_real_runs(cli, tmp_path: Path) -> N
             assert all((copy / p).is_file() for p in exported)
 
 
+@pytest.mark.slow
 def test_temp_files_of_interrupted_writes_are_removed_at_run_start(cli, tmp_path: Path) -> None:
     input_dir, output = tmp_path / "input", tmp_path / "out"
     input_dir.mkdir()

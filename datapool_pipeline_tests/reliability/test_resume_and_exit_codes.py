@@ -10,8 +10,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from datapool_pipeline.workflow.faults import FAULT_ENV
-from datapool_pipeline_tests.conftest import add_videos, write_datasets_yaml
+from datapool_pipeline_tests.helpers import add_videos, write_datasets_yaml
+
+# Slow tier: real runs, killed and resumed.
+pytestmark = pytest.mark.slow
 
 
 def _report_tag(output: Path, tag: str) -> str:

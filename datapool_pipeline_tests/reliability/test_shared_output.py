@@ -5,7 +5,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from datapool_pipeline_tests.conftest import TEST_MODEL, add_images, add_videos
+import pytest
+
+from datapool_pipeline_tests.helpers import TEST_MODEL, add_images, add_videos
+
+# Slow tier: real runs of datasets sharing an output.
+pytestmark = pytest.mark.slow
 
 EMBEDDING = f"    embedding: {{model: {TEST_MODEL}, pretrained: none}}\n"
 

@@ -16,7 +16,7 @@ from datapool_pipeline.datapool import DatapoolStore
 from datapool_pipeline.storage import StorageError, open_storage
 from datapool_pipeline.storage.retry import ATTEMPTS_ENV, BASE_ENV
 from datapool_pipeline.storage.secrets import secret_values
-from datapool_pipeline_tests.conftest import add_videos, write_datasets_yaml
+from datapool_pipeline_tests.helpers import add_videos, write_datasets_yaml
 from datapool_pipeline_tests.reliability.fault_proxy import FaultProxy
 from datapool_pipeline_tests.storage.conftest import (  # noqa: F401 - fixtures used by name
     Backend,
@@ -27,6 +27,9 @@ from datapool_pipeline_tests.storage.conftest import (  # noqa: F401 - fixtures 
     s3,
     s3_endpoint,
 )
+
+# Slow tier: object-store servers behind a fault-injecting proxy, real runs.
+pytestmark = pytest.mark.slow
 
 ENDPOINT_ENV = {"s3": "AWS_ENDPOINT_URL", "gcs": "STORAGE_EMULATOR_HOST", "azure": "AZURE_STORAGE_ACCOUNT_URL"}
 # How an object write looks on the wire: S3 and Azure PUT the key's path; a GCS upload POSTs to the bucket's

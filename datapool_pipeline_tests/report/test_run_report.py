@@ -26,14 +26,14 @@ from PIL import Image
 from datapool_pipeline.datapool import DatapoolStore
 from datapool_pipeline.report.render import BROWSER_ENV
 from datapool_pipeline.storage import LocalStorage
-from datapool_pipeline_tests.conftest import CliResult, add_videos, write_datasets_yaml
+from datapool_pipeline_tests.helpers import CliResult, add_videos, write_datasets_yaml
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 needs_tools = pytest.mark.skipif(
     not (CHROMIUM and shutil.which("pdftoppm") and shutil.which("pdftotext")),
     reason="needs Debian's chromium and poppler-utils (installed by scripts/setup.sh test)",
 )
-pytestmark = needs_tools
+pytestmark = [needs_tools, pytest.mark.slow]  # slow tier: real runs (open_clip model, Dagster instance), Chromium
 
 
 @dataclass

@@ -14,7 +14,7 @@ import pytest
 
 from datapool_pipeline.storage import StorageError, open_storage
 from datapool_pipeline.storage.verify import AccessCheckError, verify_access
-from datapool_pipeline_tests.conftest import add_videos, write_datasets_yaml
+from datapool_pipeline_tests.helpers import add_videos, write_datasets_yaml
 from datapool_pipeline_tests.storage.conftest import (
     AZURITE_ACCOUNT,
     AZURITE_KEY,
@@ -22,6 +22,9 @@ from datapool_pipeline_tests.storage.conftest import (
     iam_moto_server,
     upload_folder,
 )
+
+# Slow tier: real object-store servers (moto, gcp-storage-emulator, Azurite).
+pytestmark = pytest.mark.slow
 
 EXTERNAL_ID = "vendor-external-id-7f3a9c"
 # The calls made before moto starts checking credentials: they create the IAM world below.

@@ -22,8 +22,11 @@ from datapool_pipeline.assets.resources import (
 )
 from datapool_pipeline.media.video import FrameStream, extract_frames_png
 from datapool_pipeline.storage import Storage, StorageError
-from datapool_pipeline_tests.conftest import add_videos
+from datapool_pipeline_tests.helpers import add_videos
 from datapool_pipeline_tests.storage.conftest import Backend
+
+# Slow tier: real object-store servers (moto, gcp-storage-emulator, Azurite).
+pytestmark = pytest.mark.slow
 
 _RESOURCE_TYPES = {"s3": DatapoolS3Resource, "gcs": DatapoolGCSResource, "azure": DatapoolAzureBlobStorageResource}
 
