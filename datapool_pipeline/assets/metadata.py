@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+from collections.abc import Mapping
+from urllib.parse import quote
+
 import dagster as dg
 import polars as pl
 
@@ -39,3 +43,49 @@ SAMPLE_COLUMNS = {
     "pool_distance": "distance to the nearest datapool sample before the run",
     "embedding": "L2-normalised open_clip embedding",
 }
+
+
+OBJECT_SCHEMES = ("s3://", "gs://", "az://")
+
+
+def file_entries(name: str, uri: str, env_prefix: str = "",
+                 env: Mapping[str, str] | None = None) -> dict[str, dg.MetadataValue]:
+    """Metadata naming one output file. A local file is a path. An object is its full URI as text (the
+    UI would render an s3:// "link" that no browser opens), plus `<name>_url`: an https address a browser
+    can open (AWS / Google Cloud console, Azure blob URL) when there is one, i.e. not for a custom
+    endpoint (MinIO, an emulator). `env_prefix` is the datasource's credentials prefix (datasets.yaml)."""
+    if not uri.startswith(OBJECT_SCHEMES):
+        return {name: dg.MetadataValue.path(uri)}
+    entries: dict[str, dg.MetadataValue] = {name: dg.MetadataValue.text(uri)}
+    url = browser_url(uri, env_prefix, os.environ if env is None else env)
+    if url:
+        entries[f"{name}_url"] = dg.MetadataValue.url(url)
+    return entries
+
+
+def browser_url(uri: str, env_prefix: str, env: Mapping[str, str]) -> str | None:
+    """The https address of an s3://, gs:// or az:// object that a browser opens (after signing in to the
+    console; an Azure blob URL opens for public containers or with a SAS), or None."""
+
+    def var(*names: str) -> str:
+        return next((v.strip() for n in names for p in (env_prefix, "") if (v := env.get(p + n, "")).strip()), "")
+
+    bucket, _, key = uri.split("://", 1)[1].partition("/")
+    if uri.startswith("s3://"):
+        if var("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"):
+            return None
+        region = var("AWS_REGION", "AWS_DEFAULT_REGION")
+        return (f"https://s3.console.aws.amazon.com/s3/object/{quote(bucket)}?"
+                + (f"region={quote(region)}&" if region else "") + f"prefix={quote(key, safe='')}")
+    if uri.startswith("gs://"):
+        if var("STORAGE_EMULATOR_HOST"):
+            return None
+        return f"https://console.cloud.google.com/storage/browser/_details/{quote(bucket)}/{quote(key)}"
+    account_url = var("AZURE_STORAGE_ACCOUNT_URL")
+    if not account_url:
+        parts = dict(p.split("=", 1) for p in var("AZURE_STORAGE_CONNECTION_STRING").split(";") if "=" in p)
+        account = parts.get("AccountName") or var("AZURE_STORAGE_ACCOUNT")
+        account_url = parts.get("BlobEndpoint") or (f"https://{account}.blob.core.windows.net" if account else "")
+    if not account_url.startswith("https://"):
+        return None  # Azurite or no account known
+    return f"{account_url.rstrip('/')}/{quote(bucket)}/{quote(key)}"
