@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
 # The README's test command: set up (test extras, test servers), lint, then run the whole test suite.
+# Arguments go to pytest, e.g. `bash scripts/test.sh -m "not slow"` for the fast tier only; with no arguments
+# (as CI runs it) every test runs, slow ones included, and then the image check.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh test
