@@ -6,11 +6,14 @@ from typing import Literal
 
 from datapool_pipeline.storage.base import is_safe_key
 
-MediaKind = Literal["IMAGES", "VIDEOS", "OTHER", "UNSAFE_KEY"]
+MediaKind = Literal["IMAGES", "VIDEOS", "OTHER", "UNSAFE_KEY", "NOT_REGULAR_FILE"]
 UNSAFE_KEY_REASON = (
     "unsafe key (a '..' or '.' segment, an empty segment, a leading '/' or a control character such as a "
     "newline): never used as a path"
 )
+NOT_REGULAR_FILE = "NOT_REGULAR_FILE"
+"""The kind of a local folder entry that is not a regular file (storage/local.py `not_regular`)."""
+NOT_REGULAR_FILE_REASON = "not a regular file (a named pipe, socket or device): never opened"
 
 IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".jfif", ".ppm", ".pgm"}

@@ -14,7 +14,7 @@ from datapool_pipeline.datapool import INITIAL_TAG, DatapoolState, DatapoolStore
 from datapool_pipeline.datapool.pool_index import load_pool_index
 from datapool_pipeline.datasets import DatasetSpec
 from datapool_pipeline.errors import RunAborted
-from datapool_pipeline.media.kinds import UNSAFE_KEY_REASON
+from datapool_pipeline.media.kinds import NOT_REGULAR_FILE, NOT_REGULAR_FILE_REASON, UNSAFE_KEY_REASON
 from datapool_pipeline.selection import greedy_k_center, kcenter, samples_to_select
 from datapool_pipeline.workflow.discovery import RunPlan, check_use_datapool, unprocessed
 from datapool_pipeline.workflow.faults import fault_point
@@ -217,6 +217,8 @@ def _processed_rows(plan: RunPlan, store: DatapoolStore, tag: str, dataset_type:
         .then(pl.lit("not an image or video file"))
         .when(pl.col("media_type") == "UNSAFE_KEY")
         .then(pl.lit(UNSAFE_KEY_REASON))
+        .when(pl.col("media_type") == NOT_REGULAR_FILE)
+        .then(pl.lit(NOT_REGULAR_FILE_REASON))
         .otherwise(pl.format("{} file in a {} dataset", pl.col("media_type"), pl.lit(dataset_type)))
         .alias("error"),
         pl.lit(0, dtype=pl.Int64).alias("frames"),
