@@ -22,19 +22,13 @@ from datapool_pipeline.workflow.discovery import assign_shards, list_inventory, 
 from datapool_pipeline.workflow.embeddings import embed_shard
 from datapool_pipeline.workflow.frames import extract_shard_frames
 from datapool_pipeline.workflow.selection import select_for_run
-
-try:  # shared test helpers: helpers.py, formerly conftest.py
-    from datapool_pipeline_tests.helpers import tiny_embedder
-except ImportError:  # pragma: no cover
-    tiny_embedder = None
+from datapool_pipeline_tests.helpers import tiny_embedder
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs os.mkfifo")
 
 
 @pytest.mark.timeout(120)
 def test_a_fifo_in_the_input_is_skipped_with_a_reason_and_never_opened(tmp_path: Path) -> None:
-    if tiny_embedder is None:
-        pytest.skip("needs datapool_pipeline_tests.helpers.tiny_embedder")
     spec = DatasetSpec(name="imgs", type="IMAGES", input=str(tmp_path / "in"), output=str(tmp_path / "out"),
                        images_per_shard=4)
     folder = Path(spec.input)

@@ -9,12 +9,8 @@ import dagster as dg
 import pytest
 
 from datapool_pipeline.assets.metadata import file_entries
+from datapool_pipeline_tests.helpers import add_videos, write_datasets_yaml
 from datapool_pipeline_tests.storage.conftest import Backend
-
-try:  # shared test helpers: helpers.py, formerly conftest.py
-    from datapool_pipeline_tests.helpers import add_videos, write_datasets_yaml
-except ImportError:  # pragma: no cover
-    from datapool_pipeline_tests.conftest import add_videos, write_datasets_yaml
 
 
 def _plain(entries: dict[str, dg.MetadataValue]) -> dict[str, tuple[str, str]]:
