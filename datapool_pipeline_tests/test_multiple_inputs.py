@@ -94,8 +94,8 @@ def test_videos_from_two_inputs_with_equal_keys(cli, tmp_path: Path) -> None:
     add_videos(one, ["clip.mp4"], first_source=0, seconds=1, fps=5)
     add_videos(two, ["clip.mp4"], first_source=3, seconds=1, fps=5)
     yaml_path = write_datasets_yaml(tmp_path / "datasets.yaml", "vids", "VIDEOS", "PLACEHOLDER", str(output))
-    yaml_path.write_text(yaml_path.read_text().replace(
-        "    input: PLACEHOLDER\n", f"    input:\n      - {{uri: {one}, name: one}}\n      - {{uri: {two}, name: two}}\n"))
+    inputs = f"    input:\n      - {{uri: {one}, name: one}}\n      - {{uri: {two}, name: two}}\n"
+    yaml_path.write_text(yaml_path.read_text().replace("    input: PLACEHOLDER\n", inputs))
     result = cli("--datasets", str(yaml_path), "run", "vids", "--n-samples", "6")
     assert result.code == 0, result.err
     state = DatapoolStore(LocalStorage(output)).load_state()
