@@ -6,8 +6,8 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
-from typing import Any
 
 import dagster as dg
 import polars as pl
@@ -21,7 +21,6 @@ from datapool_pipeline.datasets import DatasetSpec
 from datapool_pipeline.errors import RunAborted
 from datapool_pipeline.media.kinds import media_kind
 from datapool_pipeline.storage import Storage
-from datapool_pipeline.storage.local import LocalStorage
 from datapool_pipeline.storage.verify import verify_access
 from datapool_pipeline.workflow.discovery import (
     assign_shards,
@@ -97,16 +96,36 @@ def run_tags(spec: DatasetSpec, prepared: PreparedRun) -> dict[str, str]:
 # ---- sensors -----------------------------------------------------------------------------------
 
 
+FULL_LISTING_EVERY_TICKS = 60
+"""Incremental ticks between two full passes over the input (about an hour at the default 60 s sensor
+interval). An incremental tick lists only the keys after the greatest key seen so far; a full pass lists
+everything again, `max_objects_per_tick` objects per tick, to find keys that were written before that
+key (buckets are not append-only). Proposed datasets.yaml key: `sensor.full_listing_every_ticks`."""
+
+
 @dataclass
 class ScanCursor:
-    """Where the bounded listing stopped: the next tick lists the keys after `after`."""
+    """Where the sensor's listing stands, carried from tick to tick.
+
+    `after`: every key up to it has been listed; each tick lists the keys after it (S3 StartAfter, GCS
+    startOffset, Azure startFrom, a pruned local walk), so a tick costs requests for the new keys, not
+    for the bucket. `sweep`: position of a full pass in progress (None: none), which lists from the first
+    key up to `after` in slices alongside the incremental listing and finds keys written out of order.
+    Versions: 1 = {"after", "passes"} (every pass listed from the start); 2 adds "sweep", "ticks", "v".
+    """
 
     after: str = ""
     passes: int = 0
     """Complete passes over the input so far."""
+    sweep: str | None = None
+    ticks: int = 0
+    """Incremental ticks since the last full pass ended."""
+
+    VERSION = 2
 
     def serialize(self) -> str:
-        return json.dumps({"after": self.after, "passes": self.passes})
+        return json.dumps({"v": self.VERSION, "after": self.after, "passes": self.passes, "sweep": self.sweep,
+                           "ticks": self.ticks})
 
     @classmethod
     def parse(cls, raw: str | None) -> ScanCursor:
@@ -114,7 +133,14 @@ class ScanCursor:
             return cls()
         try:
             body = json.loads(raw)
-            return cls(after=str(body.get("after", "")), passes=int(body.get("passes", 0)))
+            after, passes = str(body.get("after", "")), int(body.get("passes", 0))
+            if "v" not in body:
+                # Version 1 listed from the start and skipped up to `after` (in a local folder's walk
+                # order, not key order): resume after it and check everything before it with a full pass.
+                return cls(after=after, passes=passes, sweep="" if after else None)
+            sweep = body.get("sweep")
+            return cls(after=after, passes=passes, sweep=None if sweep is None else str(sweep),
+                       ticks=int(body.get("ticks", 0)))
         except (ValueError, TypeError, AttributeError):
             return cls()  # an unreadable cursor only costs one extra pass over the input
 
@@ -141,27 +167,39 @@ class ScanResult:
     """Shards to add as dynamic partitions, in the order that keeps every batch contiguous."""
     deferred: int = 0
     """New files left for the next tick (max_runs_per_tick reached)."""
+    swept: int = 0
+    """Of the objects listed, those listed by a full pass (keys before the cursor)."""
 
 
-def list_slice(storage: Storage, after: str, limit: int) -> tuple[pl.DataFrame, str | None]:
-    """Up to `limit` objects with keys after `after` (listing is in key order); the key to resume from,
-    or None when the listing reached the end."""
+@dataclass
+class Slice:
+    files: pl.DataFrame
+    """Listed objects (FILE_COLUMNS), in key order."""
+    last: str | None
+    """The greatest key listed (None: nothing listed)."""
+    complete: bool
+    """The listing reached the end (or `until`) before the limit."""
+
+
+def list_slice(storage: Storage, after: str, limit: int, until: str | None = None) -> Slice:
+    """Up to `limit` objects with keys after `after` and, with `until`, not after `until`; the listing
+    starts after `after` on the backend's side (Storage.list start_after)."""
     keys: list[str] = []
     versions: list[str] = []
     sizes: list[int] = []
-    listing = storage.list()
-    last: str | None = None
-    order = _walk_order if isinstance(storage, LocalStorage) else _key_order
-    after_key = order(after) if after else None
+    complete = True
+    listing = storage.list(start_after=after) if limit > 0 else iter(())
     for info in listing:
-        if after_key is not None and order(info.key) <= after_key:
-            continue
+        if until is not None and info.key > until:
+            break
+        if len(keys) >= limit:
+            complete = False
+            break
         keys.append(info.key)
         versions.append(info.version)
         sizes.append(info.size)
-        if len(keys) >= limit:
-            last = info.key
-            break
+    if limit <= 0:
+        complete = False
     close = getattr(listing, "close", None)
     if close is not None:
         close()  # stop a paginated listing early
@@ -169,26 +207,35 @@ def list_slice(storage: Storage, after: str, limit: int) -> tuple[pl.DataFrame, 
         {"raw_key": keys, "raw_version": versions, "raw_size": sizes, "media_type": [media_kind(k) for k in keys]},
         schema=tables.FILE_COLUMNS,
     )
-    return df, last
+    return Slice(df, keys[-1] if keys else None, complete)
 
 
-def _key_order(key: str) -> Any:
-    """Object stores list in lexicographic (UTF-8 byte = code point) order of the key."""
-    return key
+PartitionLookup = Callable[[list[str]], set[str]]
+"""Given shard ids, the ones that are dynamic partitions already."""
 
 
-def _walk_order(key: str) -> Any:
-    """A local folder lists a directory's files before its sub-directories, each sorted by name."""
-    *dirs, name = key.split("/")
-    return (*((1, d) for d in dirs), (0, name))
+def partition_lookup(existing: Collection[str] | PartitionLookup) -> PartitionLookup:
+    if callable(existing):
+        return existing
+    known = set(existing)
+    return lambda keys: {k for k in keys if k in known}
 
 
 def scan_new_files(
-    spec: DatasetSpec, store: DatapoolStore, input_storage: Storage, existing_partitions: list[str], cursor: ScanCursor
+    spec: DatasetSpec,
+    store: DatapoolStore,
+    input_storage: Storage,
+    existing_partitions: Collection[str] | PartitionLookup,
+    cursor: ScanCursor,
+    *,
+    full_listing_every_ticks: int = FULL_LISTING_EVERY_TICKS,
 ) -> ScanResult:
-    """One sensor tick's work, bounded by the sensor settings: list the next slice of the input, find
-    files no committed run processed and no run was requested for, register their shards and batch
-    them into runs.
+    """One sensor tick's work, bounded by the sensor settings: list the keys after the cursor (and, when a
+    full pass is due or under way, the next slice of it), find files no committed run processed and no
+    run was requested for, register their shards and batch them into runs.
+
+    `existing_partitions`: the dynamic partitions, or a function that tells which of some shard ids are
+    partitions (so that a tick with few new files does not read every partition).
 
     A file is claimed once its shard is a dynamic partition, so it is never requested twice; a file
     whose shard was written to the registry but never became a partition (a tick that died halfway)
@@ -197,23 +244,72 @@ def scan_new_files(
     settings = spec.sensor
     store.check_owner(spec.name, spec.type, claim=True)
     check_input_exists(spec, input_storage)
-    listed, resume = list_slice(input_storage, cursor.after, settings.max_objects_per_tick)
-    files = listed.filter(pl.col("media_type") == spec.type)
-    todo = unprocessed(files, store.load_state().processed)
-    if todo.height:
-        registry = store.read_registry()
-        claimed = registry.filter(pl.col("shard_id").is_in(existing_partitions)).select(_KEYS)
-        todo = todo.join(claimed, on=_KEYS, how="anti").sort("raw_key")
+    known = partition_lookup(existing_partitions)
+    limit = settings.max_objects_per_tick
     budget = settings.files_per_run * settings.max_runs_per_tick
+    cache: dict[str, pl.DataFrame] = {}
+
+    def registry() -> pl.DataFrame:
+        if "registry" not in cache:
+            cache["registry"] = store.read_registry()
+        return cache["registry"]
+
+    def new_files(listed: pl.DataFrame) -> pl.DataFrame:
+        files = listed.filter(pl.col("media_type") == spec.type)
+        if files.height == 0:
+            return files
+        if "processed" not in cache:
+            cache["processed"] = store.load_state().processed
+        todo = unprocessed(files, cache["processed"])
+        if todo.height:
+            registered = todo.join(registry().select(["shard_id", *_KEYS]), on=_KEYS, how="inner")
+            claimed_ids = known(registered["shard_id"].unique().to_list())
+            claimed = registered.filter(pl.col("shard_id").is_in(list(claimed_ids))).select(_KEYS)
+            todo = todo.join(claimed, on=_KEYS, how="anti")
+        return todo.sort("raw_key")
+
+    passes, ticks, sweep = cursor.passes, cursor.ticks, cursor.sweep
+    if sweep is None and passes > 0 and ticks >= full_listing_every_ticks:
+        sweep, ticks = "", 0  # a full pass is due
+
+    # The keys after the cursor: what arrived since the last tick, at the cost of listing only those.
+    tail = list_slice(input_storage, cursor.after, limit)
+    todo = new_files(tail.files)
+    after = tail.last or cursor.after
     deferred = max(todo.height - budget, 0)
     if deferred:
         todo = todo.head(budget)
-        resume = todo["raw_key"][-1]  # the rest of this slice is listed again next tick
-    next_cursor = ScanCursor(after=resume or "", passes=cursor.passes + (resume is None))
+        after = todo["raw_key"][-1]  # the rest of this slice is listed again next tick
+    elif tail.complete and passes == 0 and sweep is None:
+        passes = 1  # the first listing reached the end: it was a full pass
+    listed, swept = tail.files.height, 0
+
+    # A full pass in progress: the next slice of the keys up to the cursor (found out of order).
+    if sweep is not None:
+        room = budget - todo.height
+        if room > 0 and limit - listed > 0:
+            part = list_slice(input_storage, sweep, limit - listed, until=cursor.after)
+            found = new_files(part.files)
+            swept = part.files.height
+            if found.height > room:
+                deferred += found.height - room
+                found = found.head(room)
+                sweep = found["raw_key"][-1]
+            elif part.complete:
+                sweep, passes, ticks = None, passes + 1, 0
+            else:
+                sweep = part.last or sweep
+            todo = pl.concat([todo, found]) if found.height else todo
+    elif cursor.passes > 0:
+        ticks += 1  # an incremental tick after a complete pass
+    next_cursor = ScanCursor(after=after, passes=passes, sweep=sweep, ticks=ticks)
+    listed += swept
     if todo.height == 0:
-        return ScanResult(cursor=next_cursor, listed=listed.height, new_files=0)
-    shards, _ = assign_shards(spec, store, todo)
-    members = store.shard_members(shards).join(todo.select(_KEYS), on=_KEYS, how="semi")
+        return ScanResult(cursor=next_cursor, listed=listed, new_files=0, swept=swept)
+    shards, new_rows = assign_shards(spec, store, todo, registry=registry())
+    members = pl.concat([registry().filter(pl.col("shard_id").is_in(shards)).select(list(tables.REGISTRY_SCHEMA)),
+                         new_rows])
+    members = members.join(todo.select(_KEYS), on=_KEYS, how="semi").unique(subset=["shard_id", *_KEYS])
     per_shard = members.group_by("shard_id").agg(pl.len().alias("n"), pl.col("raw_key").min().alias("first"))
     batches: list[RunBatch] = []
     current: list[str] = []
@@ -227,11 +323,13 @@ def scan_new_files(
     if current:
         batches.append(RunBatch(current, size))
     new_partitions = list(itertools.chain.from_iterable(b.shards for b in batches))
+    already = known(list(dict.fromkeys(new_partitions)))
     return ScanResult(
         cursor=next_cursor,
-        listed=listed.height,
+        listed=listed,
         new_files=todo.height,
         batches=batches,
-        new_partitions=missing_partitions(new_partitions, existing_partitions),
+        new_partitions=[s for s in dict.fromkeys(new_partitions) if s not in already],
         deferred=deferred,
+        swept=swept,
     )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import dagster as dg
 
 from datapool_pipeline.assets import DatasetAssets
@@ -9,10 +11,27 @@ from datapool_pipeline.assets.resources import storage_for
 from datapool_pipeline.assets.run_config import op_run_config
 from datapool_pipeline.assets.runs import DATASET_TAG, partition_range_tags
 from datapool_pipeline.datapool import DatapoolStore
-from datapool_pipeline.launch import ScanCursor, scan_new_files
+from datapool_pipeline.launch import FULL_LISTING_EVERY_TICKS, ScanCursor, scan_new_files
 
 TRIGGER_TAG = "datapool/trigger"
 FILES_TAG = "datapool/files"
+
+
+PARTITION_LOOKUPS_ONE_BY_ONE = 100
+"""Up to this many shard ids are looked up one by one (has_dynamic_partition); more: all partitions are
+read at once. A tick with a few new files then reads a few rows, not every partition ever added."""
+
+
+def partition_lookup(instance: dg.DagsterInstance, name: str) -> Callable[[list[str]], set[str]]:
+    """Which of some shard ids are dynamic partitions of `name` already."""
+
+    def known(keys: list[str]) -> set[str]:
+        if len(keys) <= PARTITION_LOOKUPS_ONE_BY_ONE:
+            return {k for k in keys if instance.has_dynamic_partition(name, k)}
+        existing = set(instance.get_dynamic_partitions(name))
+        return {k for k in keys if k in existing}
+
+    return known
 
 
 def sensor_name(built: DatasetAssets) -> str:
@@ -23,23 +42,33 @@ def build_sensor(built: DatasetAssets) -> dg.SensorDefinition:
     spec = built.spec
     settings = spec.sensor
     partitions = built.partitions
+    # The datasets.yaml key once the sensor settings have it; the module default until then.
+    full_every = int(getattr(settings, "full_listing_every_ticks", FULL_LISTING_EVERY_TICKS))
 
     @dg.sensor(
         name=sensor_name(built),
         job=built.job,
         minimum_interval_seconds=settings.minimum_interval_seconds,
         default_status=dg.DefaultSensorStatus.RUNNING if settings.enabled else dg.DefaultSensorStatus.STOPPED,
-        description=f"Lists {spec.name}'s input ({settings.max_objects_per_tick} objects per tick at most, "
-        f"resuming from a cursor), registers new raw files as shards and requests one run per "
-        f"{settings.files_per_run} new files. Settings: the sensor block of datasets.yaml.",
+        description=f"Lists {spec.name}'s input after the greatest key it has seen "
+        f"({settings.max_objects_per_tick} objects per tick at most; a full pass every "
+        f"{full_every} ticks finds keys written out of order), registers new raw files as "
+        f"shards and requests one run per {settings.files_per_run} new files. Settings: the sensor block "
+        "of datasets.yaml.",
         tags={DATASET_TAG: spec.name},
     )
     def new_files_sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult:
         cursor = ScanCursor.parse(context.cursor)
         store = DatapoolStore(storage_for(spec, "output"))
-        existing = context.instance.get_dynamic_partitions(partitions.name or "")
-        scan = scan_new_files(spec, store, storage_for(spec, "input"), existing, cursor)
-        where = f"listed {scan.listed} object(s) after {cursor.after or 'the start'!r}"
+        scan = scan_new_files(
+            spec, store, storage_for(spec, "input"), partition_lookup(context.instance, partitions.name or ""), cursor,
+            full_listing_every_ticks=full_every,
+        )
+        where = f"listed {scan.listed - scan.swept} object(s) after {cursor.after or 'the start'!r}"
+        if scan.swept or cursor.sweep is not None or scan.cursor.sweep is not None:
+            where += f" and {scan.swept} of a full pass" + (
+                " (pass complete)" if scan.cursor.sweep is None else f" (next from {scan.cursor.sweep!r})"
+            )
         if not scan.batches:
             return dg.SensorResult(
                 skip_reason=f"no new {spec.type.lower()}: {where}", cursor=scan.cursor.serialize()

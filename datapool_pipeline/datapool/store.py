@@ -246,10 +246,12 @@ class DatapoolStore:
 
     def owner(self) -> dict[str, str] | None:
         """The dataset (name, type) this datapool belongs to, or None if no run has claimed it yet."""
-        if not self.storage.exists(IDENTITY_KEY):
+        try:
+            raw = self.storage.read_bytes(IDENTITY_KEY)  # one request, not a stat and a read (every sensor tick)
+        except FileNotFoundError:
             return None
         try:
-            body = json.loads(self.storage.read_bytes(IDENTITY_KEY))
+            body = json.loads(raw)
             return {"name": str(body["name"]), "type": str(body["type"])}
         except (ValueError, KeyError, TypeError):
             raise DatapoolError(

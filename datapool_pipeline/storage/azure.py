@@ -13,6 +13,8 @@ per-dataset, per-side credentials that way) for `AzureBlobStorage(uri, client=..
 from __future__ import annotations
 
 import contextlib
+import functools
+import inspect
 import os
 from collections.abc import Iterator
 from typing import Any
@@ -114,6 +116,15 @@ def make_service_client(
     return BlobServiceClient(url, credential=credential, **kwargs)
 
 
+@functools.cache
+def _sdk_sends_start_from() -> bool:
+    """Whether the installed azure-storage-blob knows List Blobs' startFrom (older ones: the listing
+    starts at the beginning and skips up to the key on this side)."""
+    from azure.storage.blob._generated.operations import ContainerOperations
+
+    return "start_from" in inspect.signature(ContainerOperations.list_blob_flat_segment).parameters
+
+
 class AzureBlobStorage(ObjectStore):
     scheme = "az://"
     client_env = (CONNECTION_STRING_ENV, ACCOUNT_URL_ENV, ACCOUNT_ENV, SAS_ENV, KEY_ENV, "AZURE_CLIENT_ID",
@@ -169,15 +180,19 @@ class AzureBlobStorage(ObjectStore):
         except AzureError as exc:
             raise self.error(action, key, type(exc).__name__) from None
 
-    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+    def list(self, prefix: str = "", start_after: str = "") -> Iterator[ObjectInfo]:
         with self._call("listing", prefix):
+            # List Blobs has no exclusive start-after; its startFrom parameter (inclusive; sent by
+            # azure-storage-blob >= 12.31, honoured by Azurite 3.37) starts the listing at the key, which is
+            # dropped below, as is anything before it from a service that ignores the parameter.
+            extra = {"start_from": self._name(start_after)} if start_after and _sdk_sends_start_from() else {}
             pages = self.client.list_blobs(
-                name_starts_with=self._list_prefix(prefix) or None, results_per_page=self.page_size
+                name_starts_with=self._list_prefix(prefix) or None, results_per_page=self.page_size, **extra
             ).by_page()
             for page in pages:
                 for blob in page:
                     key = self._key(blob.name)
-                    if key is not None:
+                    if key is not None and (not start_after or key > start_after):
                         yield self._info(key, blob)
 
     @staticmethod

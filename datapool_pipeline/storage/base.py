@@ -38,8 +38,14 @@ class Storage(abc.ABC):
     uri: str
 
     @abc.abstractmethod
-    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
-        """Yield every object under prefix (recursively), in key order, streaming."""
+    def list(self, prefix: str = "", start_after: str = "") -> Iterator[ObjectInfo]:
+        """Yield every object under prefix (recursively), in key order, streaming.
+
+        Key order is the lexicographic order of the keys' code points (= UTF-8 bytes), the order S3, GCS
+        and Azure list in. `start_after`: only keys strictly greater than it, and the backend starts the
+        listing there (S3 StartAfter, GCS startOffset, Azure startFrom, local folders pruned while
+        walking), so resuming a listing costs requests for what follows the key, not for what precedes it.
+        """
 
     @abc.abstractmethod
     def stat(self, key: str) -> ObjectInfo | None:

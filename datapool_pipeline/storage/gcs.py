@@ -180,15 +180,18 @@ class GCSStorage(ObjectStore):
                 f"{self.env(SERVICE_ACCOUNT_JSON_ENV)} / {self.env(CREDENTIALS_FILE_ENV)}"
             ) from None
 
-    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+    def list(self, prefix: str = "", start_after: str = "") -> Iterator[ObjectInfo]:
         with self._call("listing", prefix):
+            # startOffset is inclusive: the key itself is dropped below (as is anything before it from a
+            # server that ignores the parameter, such as gcp-storage-emulator).
             blobs = self.client.list_blobs(
-                self.bucket, prefix=self._list_prefix(prefix), page_size=self.page_size, retry=self._retry()
+                self.bucket, prefix=self._list_prefix(prefix), page_size=self.page_size, retry=self._retry(),
+                start_offset=self._name(start_after) if start_after else None,
             )
             for page in blobs.pages:
                 for blob in page:
                     key = self._key(blob.name)
-                    if key is not None:
+                    if key is not None and (not start_after or key > start_after):
                         yield self._info(key, blob)
 
     @staticmethod

@@ -97,15 +97,18 @@ class S3Storage(ObjectStore):
         except BotoCoreError as exc:
             raise self.error(action, key, f"{type(exc).__name__}: {exc}") from None
 
-    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+    def list(self, prefix: str = "", start_after: str = "") -> Iterator[ObjectInfo]:
         with self._call("listing", prefix):
+            # StartAfter: the service starts the listing after that name (S3 and the S3-compatible stores).
+            extra = {"StartAfter": self._name(start_after)} if start_after else {}
             pages = self.client.get_paginator("list_objects_v2").paginate(
-                Bucket=self.bucket, Prefix=self._list_prefix(prefix), PaginationConfig={"PageSize": self.page_size}
+                Bucket=self.bucket, Prefix=self._list_prefix(prefix), PaginationConfig={"PageSize": self.page_size},
+                **extra,
             )
             for page in pages:
                 for obj in page.get("Contents", ()):
                     key = self._key(obj["Key"])
-                    if key is not None:
+                    if key is not None and (not start_after or key > start_after):
                         yield ObjectInfo(key, int(obj["Size"]), obj["ETag"].strip('"'),
                                          obj["LastModified"].timestamp())
 

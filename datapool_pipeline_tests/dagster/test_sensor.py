@@ -60,7 +60,10 @@ def _range(request: dg.RunRequest) -> tuple[str, str]:
     return request.tags["dagster/asset_partition_range_start"], request.tags["dagster/asset_partition_range_end"]
 
 
-def test_new_files_then_nothing_then_overwrite(tmp_path: Path, instance: dg.DagsterInstance) -> None:
+def test_new_files_then_nothing_then_overwrite(
+    tmp_path: Path, instance: dg.DagsterInstance, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("datapool_pipeline.sensors.FULL_LISTING_EVERY_TICKS", 1)  # a full pass every other tick
     path, input_dir, output_dir = _sensor_yaml(tmp_path, files_per_run=2)
     add_videos(input_dir, ["a.mp4", "b.mp4", "c.mp4"], seconds=1)
     (input_dir / "notes.txt").write_text("not a video")
@@ -81,7 +84,8 @@ def test_new_files_then_nothing_then_overwrite(tmp_path: Path, instance: dg.Dags
     assert not again.run_requests and not again.dynamic_partitions_requests
     assert "no new videos" in str(again.skip_reason)
 
-    # Overwrite b.mp4 with other content: new version -> new shard -> a new run for that file only.
+    # Overwrite b.mp4 with other content: new version -> new shard -> a new run for that file only. The key
+    # sorts before the cursor, so the full pass finds it (here the next tick; by default within 60 ticks).
     add_videos(input_dir, ["b.mp4"], first_source=3, seconds=1)
     os.utime(input_dir / "b.mp4", ns=(1, 1))
     third = _tick(path, instance, again.cursor)
@@ -96,19 +100,20 @@ def test_cursor_bounds_listing_and_survives(tmp_path: Path, instance: dg.Dagster
     add_videos(input_dir, ["a.mp4", "b.mp4", "c.mp4"], seconds=1)
 
     first = _tick(path, instance, None)
-    assert json.loads(first.cursor or "") == {"after": "b.mp4", "passes": 0}
+    assert json.loads(first.cursor or "") == {"v": 2, "after": "b.mp4", "passes": 0, "sweep": None, "ticks": 0}
     _apply(instance, first)
     assert len(first.run_requests) == 1 and first.run_requests[0].tags["datapool/files"] == "2"
 
     # A fresh context (as after a daemon restart) resumes from the stored cursor: only c.mp4 is left.
     second = _tick(path, instance, first.cursor)
     assert [k for r in second.dynamic_partitions_requests for k in r.partition_keys][0].startswith("v-c-mp4-")
-    assert json.loads(second.cursor or "") == {"after": "", "passes": 1}
+    assert json.loads(second.cursor or "") == {"v": 2, "after": "c.mp4", "passes": 1, "sweep": None, "ticks": 0}
     _apply(instance, second)
 
+    # The next tick lists only what follows c.mp4 (nothing), instead of starting over.
     third = _tick(path, instance, second.cursor)
-    assert not third.run_requests
-    assert json.loads(third.cursor or "")["after"] == "b.mp4"
+    assert not third.run_requests and "listed 0 object(s) after 'c.mp4'" in str(third.skip_reason)
+    assert json.loads(third.cursor or "")["after"] == "c.mp4"
 
 
 def test_registered_but_unrequested_shards_are_requested_again(tmp_path: Path, instance: dg.DagsterInstance) -> None:
@@ -139,7 +144,8 @@ def test_sensor_settings_are_validated(tmp_path: Path) -> None:
 
 
 def test_cursor_follows_the_listing_order_of_nested_folders(tmp_path: Path, instance: dg.DagsterInstance) -> None:
-    """A local folder lists z.mp4 before sub/a.mp4: the cursor must not skip the latter."""
+    """A local folder lists in key order, as object stores do (sub/a.mp4 before z.mp4): the cursor
+    skips neither."""
     path, input_dir, _ = _sensor_yaml(tmp_path, max_objects_per_tick=1)
     (input_dir / "sub").mkdir()
     add_videos(input_dir, ["z.mp4"], seconds=1)
@@ -150,4 +156,4 @@ def test_cursor_follows_the_listing_order_of_nested_folders(tmp_path: Path, inst
         result = _tick(path, instance, cursor)
         seen += [k.split("-")[1] for k in _apply(instance, result)]
         cursor = result.cursor
-    assert seen == ["z", "sub"]
+    assert seen == ["sub", "z"]
