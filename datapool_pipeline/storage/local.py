@@ -7,19 +7,28 @@ import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from stat import S_ISBLK, S_ISCHR, S_ISFIFO, S_ISSOCK
 
 from datapool_pipeline.storage.base import ObjectInfo, Storage, check_key
+
+_SPECIAL = ((S_ISFIFO, "named pipe (FIFO)"), (S_ISSOCK, "socket"), (S_ISCHR, "character device"),
+            (S_ISBLK, "block device"))
 
 
 class LocalStorage(Storage):
     def __init__(self, root: str | os.PathLike[str]) -> None:
         self.root = Path(root)
         self.uri = str(self.root)
+        self.not_regular: list[tuple[str, str, str]] = []
+        """(key, version, kind) of the entries the last `list()` passed over because they are not regular
+        files: named pipes, sockets, devices. Never opened (opening a FIFO blocks); discovery reports them
+        as skipped."""
 
     def _path(self, key: str) -> Path:
         return self.root / check_key(key)
 
     def list(self, prefix: str = "", start_after: str = "") -> Iterator[ObjectInfo]:
+        self.not_regular = []
         base = self.root / prefix if prefix else self.root
         if not base.is_dir():
             return
@@ -56,9 +65,22 @@ class LocalStorage(Storage):
                     continue
                 yield from self._walk(entry.path, key, after)
             elif not name.startswith(".tmp-") and (not after or key > after):
-                info = self._info(key, Path(entry.path))
+                info = self._listed(key, Path(entry.path))
                 if info is not None:
                     yield info
+
+    def _listed(self, key: str, path: Path) -> ObjectInfo | None:
+        """`_info` for a listed entry; an entry that is not a regular file goes to `not_regular`."""
+        info = self._info(key, path)
+        if info is None:
+            try:
+                st = path.stat()  # stat never opens: safe on a FIFO
+            except OSError:
+                return None
+            kind = next((name for test, name in _SPECIAL if test(st.st_mode)), None)
+            if kind:
+                self.not_regular.append((key, f"{st.st_size}-{st.st_mtime_ns}", kind))
+        return info
 
     @staticmethod
     def _info(key: str, path: Path) -> ObjectInfo | None:

@@ -12,9 +12,9 @@ import polars as pl
 from datapool_pipeline.datapool import DatapoolStore, tables
 from datapool_pipeline.datasets import DatasetSpec
 from datapool_pipeline.errors import ConfigError, RunAborted
-from datapool_pipeline.media.kinds import media_kind
+from datapool_pipeline.media.kinds import NOT_REGULAR_FILE, media_kind
 from datapool_pipeline.storage import LocalStorage, Storage
-from datapool_pipeline.storage.combined import members_of
+from datapool_pipeline.storage.combined import SEPARATOR, CombinedInputs, members_of
 from datapool_pipeline.workflow.progress import Log, Throttle, no_log
 
 _KEYS = ["raw_key", "raw_version"]
@@ -52,6 +52,11 @@ def list_inventory(spec: DatasetSpec, storage: Storage, log: Log = no_log) -> In
         sizes.append(info.size)
         kinds.append(media_kind(info.key))
         throttle(f"listing {storage.display()}: {n} objects so far")
+    for key, version, _ in not_regular_files(storage):  # FIFOs, sockets, devices: reported, never opened
+        keys.append(key)
+        versions.append(version)
+        sizes.append(0)
+        kinds.append(NOT_REGULAR_FILE)
     df = pl.DataFrame(
         {"raw_key": keys, "raw_version": versions, "raw_size": sizes, "media_type": kinds},
         schema=tables.FILE_COLUMNS,
@@ -60,6 +65,14 @@ def list_inventory(spec: DatasetSpec, storage: Storage, log: Log = no_log) -> In
     other = df.filter(pl.col("media_type") != spec.type)
     log(f"listed {df.height} objects in {storage.display()}: {files.height} {spec.type.lower()}, {other.height} other")
     return Inventory(files=files, other_type=other)
+
+
+def not_regular_files(storage: Storage) -> list[tuple[str, str, str]]:
+    """(key, version, kind) of the entries of local input folders that the last listing passed over because
+    they are not regular files (named pipes, sockets, devices); keys qualified like the listing's."""
+    members = storage.members if isinstance(storage, CombinedInputs) else [(None, storage)]
+    return [(f"{name}{SEPARATOR}{key}" if name else key, version, kind)
+            for name, member in members for key, version, kind in getattr(member, "not_regular", [])]
 
 
 def unprocessed(files: pl.DataFrame, processed: pl.DataFrame) -> pl.DataFrame:
@@ -157,8 +170,10 @@ def plan_run(
     if candidates.height == 0:
         raise RunAborted(no_new_files_message(spec, input_storage, inventory, other))
     unsafe = other.filter(pl.col("media_type") == "UNSAFE_KEY")
-    wrong_type = other.filter(pl.col("media_type") != "UNSAFE_KEY")
-    for skipped, what in ((wrong_type, f"that are not {spec.type.lower()}"), (unsafe, "with unsafe keys")):
+    not_regular = other.filter(pl.col("media_type") == NOT_REGULAR_FILE)
+    wrong_type = other.filter(~pl.col("media_type").is_in(["UNSAFE_KEY", NOT_REGULAR_FILE]))
+    for skipped, what in ((wrong_type, f"that are not {spec.type.lower()}"), (unsafe, "with unsafe keys"),
+                          (not_regular, "that are not regular files (named pipes, sockets, devices; never opened)")):
         if skipped.height:
             names = ", ".join(repr(k) for k in skipped["raw_key"].head(5).to_list())
             log(f"skipping {skipped.height} file(s) {what}: {names}" + (" ..." if skipped.height > 5 else ""))
