@@ -75,7 +75,7 @@ def test_new_files_then_nothing_then_overwrite(
     assert [_range(r) for r in first.run_requests] == [(added[0], added[1]), (added[2], added[2])]
     assert [r.tags["datapool/files"] for r in first.run_requests] == ["2", "1"]
     config = first.run_requests[0].run_config["ops"]["videos_datapool__raw_files"]["config"]
-    assert config["selection_config"] == {"n_samples": 5} and config["worker_config"]["use_datapool"] is True
+    assert config["selection_config"]["n_samples"] == 5 and config["worker_config"]["use_datapool"] is True
     assert all(r.tags["datapool/dataset"] == "videos-datapool" for r in first.run_requests)
     registry = DatapoolStore(open_storage(str(output_dir))).read_registry()
     assert sorted(registry["raw_key"].to_list()) == ["a.mp4", "b.mp4", "c.mp4"]
