@@ -45,10 +45,34 @@ class StrategyInput(StrictModel):
     type: Literal["EMBEDDINGS"] = Field(default="EMBEDDINGS", description="What the strategy looks at: EMBEDDINGS.")
 
 
+STRATEGY_TYPES = ("DIVERSITY", "TYPICALITY")
+
+
 class Strategy(StrictModel):
-    type: Literal["DIVERSITY"] = Field(
-        default="DIVERSITY", description="DIVERSITY: greedy k-center given the datapool."
+    type: Literal["DIVERSITY", "TYPICALITY"] = Field(
+        default="DIVERSITY",
+        description="DIVERSITY: greedy k-center given the datapool (required, exactly once: it drives the "
+        "greedy selection). TYPICALITY: prefer samples in dense regions of the new data (avoids outliers).",
     )
+    stopping_condition_minimum_distance: float | None = Field(
+        default=None,
+        ge=0,
+        description="DIVERSITY only: stop selecting once the farthest remaining candidate is closer than this "
+        "(Euclidean distance of unit embeddings, 0..2) to the datapool and the picks so far.",
+    )
+    strength: float = Field(
+        default=1.0,
+        gt=0,
+        description="Weight of this strategy's normalised objective in the combined greedy score.",
+    )
+
+    @model_validator(mode="after")
+    def _minimum_distance_is_for_diversity(self) -> Strategy:
+        if self.type != "DIVERSITY" and self.stopping_condition_minimum_distance is not None:
+            raise ValueError(
+                f"stopping_condition_minimum_distance: only DIVERSITY takes it, not {self.type}"
+            )
+        return self
 
 
 class StrategyEntry(StrictModel):
@@ -76,8 +100,31 @@ class SelectionConfig(StrictModel):
         default=DEFAULT_STRATEGIES,
         min_length=1,
         strict=False,  # a YAML/JSON list becomes the tuple; each entry is still validated strictly
-        description="Selection strategies; EMBEDDINGS + DIVERSITY.",
+        description="Selection strategies, each {input, strategy}: EMBEDDINGS + DIVERSITY (required, once), "
+        "optionally EMBEDDINGS + TYPICALITY.",
     )
+
+    @field_validator("strategies")
+    @classmethod
+    def _diversity_drives(cls, entries: tuple[StrategyEntry, ...]) -> tuple[StrategyEntry, ...]:
+        seen: dict[str, int] = {}
+        for i, entry in enumerate(entries):
+            kind = entry.strategy.type
+            if kind in seen:
+                raise ValueError(
+                    f"[{i}].strategy.type: {kind} is given twice (also strategies[{seen[kind]}]); keep one"
+                )
+            seen[kind] = i
+        if "DIVERSITY" not in seen:
+            raise ValueError(
+                "add an entry {input: {type: EMBEDDINGS}, strategy: {type: DIVERSITY}}: DIVERSITY drives the "
+                "greedy selection and is required"
+            )
+        return entries
+
+    def strategy(self, kind: str) -> Strategy | None:
+        """The settings of the entry of this strategy type, or None when it is not configured."""
+        return next((e.strategy for e in self.strategies if e.strategy.type == kind), None)
 
     @model_validator(mode="after")
     def _exactly_one_amount(self) -> SelectionConfig:

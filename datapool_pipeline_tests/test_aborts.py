@@ -113,12 +113,12 @@ def test_unsupported_strategy_key_fails_before_any_work(cli, video_dataset, tmp_
     config = tmp_path / "run.yaml"
     config.write_text(
         "selection_config:\n  n_samples: 3\n  strategies:\n    - input: {type: EMBEDDINGS}\n"
-        "      strategy: {type: DIVERSITY, stopping_condition_minimum_distance: 0.2}\n"
+        "      strategy: {type: DIVERSITY, stopping_condition_minimum_distance: 0.2, strenght: 1.0}\n"
     )
     result = cli("--datasets", str(yaml_path), "run", "videos-datapool", "--config", str(config))
     assert result.code == 2 and "Traceback" not in result.err
     line = result.err.strip().splitlines()[-1]
-    assert "selection_config.strategies[0].strategy.stopping_condition_minimum_distance" in line
+    assert "selection_config.strategies[0].strategy.strenght: unknown field" in line
     assert not output.exists()  # nothing registered, nothing written
 
 
@@ -134,6 +134,10 @@ def test_launchpad_schema_and_cli_parser_agree() -> None:
          "selection_config": {"proportion_samples": 0.25}},
         {"selection_config": {"n_samples": 2, "strategies": [
             {"input": {"type": "EMBEDDINGS"}, "strategy": {"type": "DIVERSITY"}}]}},
+        {"selection_config": {"n_samples": 2, "strategies": [
+            {"input": {"type": "EMBEDDINGS"},
+             "strategy": {"type": "DIVERSITY", "stopping_condition_minimum_distance": 0.2, "strength": 1.0}},
+            {"input": {"type": "EMBEDDINGS"}, "strategy": {"type": "TYPICALITY", "strength": 0.5}}]}},
     ):
         assert DatapoolRunConfig(**raw).parsed() == parse_run_config(raw)
 
@@ -142,6 +146,6 @@ def test_launchpad_schema_and_cli_parser_agree() -> None:
 
     datasets = Path(__file__).resolve().parents[1] / "datasets.yaml"
     job = build_definitions(str(datasets)).resolve_job_def("videos_datapool_launch")
-    bad = {"selection_config": {"n_samples": 1, "strategies": [{"strategy": {"type": "TYPICALITY"}}]}}
-    with pytest.raises(dg.DagsterInvalidConfigError, match="TYPICALITY"):
+    bad = {"selection_config": {"n_samples": 1, "strategies": [{"strategy": {"type": "SIMILARITY"}}]}}
+    with pytest.raises(dg.DagsterInvalidConfigError, match="SIMILARITY"):
         dg.validate_run_config(job, {"ops": {"videos_datapool__find_new_files": {"config": bad}}})

@@ -241,6 +241,7 @@ def build_dataset_assets(spec: DatasetSpec) -> DatasetAssets:
                 "adopted_from_crashed_run": summary.adopted,
                 "datapool_before": summary.datapool_before,
                 "requested": summary.requested,
+                "stop_reason": summary.stop_reason,
                 "dagster/row_count": summary.selected,
             }
         )

@@ -15,7 +15,7 @@ from datapool_pipeline.datapool.pool_index import load_pool_index
 from datapool_pipeline.datasets import DatasetSpec
 from datapool_pipeline.errors import RunAborted
 from datapool_pipeline.media.kinds import NOT_REGULAR_FILE, NOT_REGULAR_FILE_REASON, UNSAFE_KEY_REASON
-from datapool_pipeline.selection import greedy_k_center, kcenter, samples_to_select
+from datapool_pipeline.selection import kcenter, samples_to_select, strategies
 from datapool_pipeline.workflow.discovery import RunPlan, check_use_datapool, unprocessed
 from datapool_pipeline.workflow.faults import fault_point
 from datapool_pipeline.workflow.progress import Log, no_log
@@ -33,7 +33,10 @@ class SelectionSummary:
     adopted: int
     datapool_before: int
     requested: int = 0
-    """How many picks the run asked for; `selected` is smaller when only exact copies were left."""
+    """How many picks the run asked for; `selected` is smaller when only exact copies were left or the
+    minimum distance stopped the selection."""
+    stop_reason: str = strategies.REQUESTED
+    """Why the selection ended: requested, only_copies_left or minimum_distance."""
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -133,28 +136,42 @@ def select_for_run(
         log(f"n_samples is {run_config.n_samples} but only {new.height} new samples exist: selecting all")
     candidates = tables.embeddings_matrix(new, dim)
     pool, pool_ids = pool_embeddings(spec, store, state, fingerprint, dim)
-    log(f"selecting {k} of {new.height} new samples against a datapool of {len(pool)}")
+    log(f"selecting {k} of {new.height} new samples against a datapool of {len(pool)} "
+        f"(strategies: {', '.join(e.strategy.type for e in run_config.selection_config.strategies)})")
     # Large pools are seeded with hnswlib: the index over the datapool is kept between runs.
     exact_max_pairs = kcenter.EXACT_SEEDING_MAX_PAIRS
     index = None
     if len(pool) and len(candidates) * len(pool) > exact_max_pairs:
         index = load_pool_index(store, pool, pool_ids, fingerprint, log=log)
     seeding = {"pool": pool, "pool_index": index, "exact_max_pairs": exact_max_pairs, "seed": spec.seed}
-    result = greedy_k_center(candidates, k, **seeding)
+    selection = run_config.selection_config
+    outcome = strategies.select(candidates, k, selection, **seeding)
     adopted = 0
     orphans = _orphans(spec, store, state, new)
-    if orphans and not set(orphans) <= set(result.picks):
+    if orphans and not set(orphans) <= set(outcome.result.picks):
         # Frames uploaded by a crashed run: keep them (they count towards k) and pick the rest.
         adopted = min(len(orphans), k)
         log(f"adopting {adopted} frame(s) uploaded by an earlier run that crashed before committing")
-        result = greedy_k_center(candidates, k, preselected=orphans, **seeding)
+        outcome = strategies.select(candidates, k, selection, preselected=orphans, **seeding)
+    result = outcome.result
+    diversity = selection.strategy("DIVERSITY")
+    minimum = diversity.stopping_condition_minimum_distance if diversity is not None else None
     if len(result.picks) < k:
         if not result.picks:
+            if outcome.stop_reason == strategies.MINIMUM_DISTANCE:
+                raise RunAborted(
+                    f"nothing left to add: no new sample is at least stopping_condition_minimum_distance "
+                    f"{minimum:g} from the datapool (the best of the {new.height} is at {outcome.first_distance:.4f})"
+                )
             raise RunAborted(
                 f"nothing left to add: the {new.height} new sample(s) are exact copies of datapool samples"
             )
-        log(f"selected {len(result.picks)} of the {k} requested: the other new samples are exact copies of "
-            "datapool samples or of these picks, which would add nothing")
+        if outcome.stop_reason == strategies.MINIMUM_DISTANCE:
+            log(f"selected {len(result.picks)} of the {k} requested: every other new sample is closer than "
+                f"stopping_condition_minimum_distance {minimum:g} to the datapool or these picks")
+        else:
+            log(f"selected {len(result.picks)} of the {k} requested: the other new samples are exact copies of "
+                "datapool samples or of these picks, which would add nothing")
     tag = tag_name(started_at, state.tags)
     picks = new[result.picks].with_columns(
         pl.lit(tag).alias("tag"),
@@ -172,6 +189,9 @@ def select_for_run(
         "candidates_in_pool": in_pool,
         "selected": picks.height,
         "adopted": adopted,
+        "requested": k,
+        "stop_reason": outcome.stop_reason,
+        "strategies": [e.strategy.type for e in selection.strategies],
         "embedding_model": fingerprint,
         "embedding_dim": dim,
         "config": run_config.to_dict(),
@@ -180,7 +200,9 @@ def select_for_run(
     store.write_staging(staging_id, meta, picks, processed)
     fault_point("after_selection")
     log(f"selected {picks.height} samples for tag {tag} (datapool {state.size} -> {state.size + picks.height})")
-    return SelectionSummary(staging_id, tag, state.head_seq, new.height, picks.height, adopted, state.size, k)
+    return SelectionSummary(
+        staging_id, tag, state.head_seq, new.height, picks.height, adopted, state.size, k, outcome.stop_reason
+    )
 
 
 def _orphans(spec: DatasetSpec, store: DatapoolStore, state: DatapoolState, new: pl.DataFrame) -> list[int]:

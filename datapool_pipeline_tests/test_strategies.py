@@ -1,0 +1,197 @@
+"""Strategies beyond plain diversity: stopping_condition_minimum_distance and TYPICALITY combined with
+DIVERSITY, on small numpy embeddings and on a real run with the tiny embedder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from datapool_pipeline.config import SelectionConfig, parse_run_config
+from datapool_pipeline.datapool import DatapoolStore
+from datapool_pipeline.datasets import DatasetSpec
+from datapool_pipeline.errors import ConfigError, RunAborted
+from datapool_pipeline.selection import greedy_k_center, strategies
+from datapool_pipeline.storage import LocalStorage
+from datapool_pipeline.workflow.commit import commit_staged
+from datapool_pipeline.workflow.discovery import assign_shards, list_inventory, plan_run, unprocessed
+from datapool_pipeline.workflow.embeddings import embed_shard
+from datapool_pipeline.workflow.frames import extract_shard_frames
+from datapool_pipeline.workflow.selection import SelectionSummary, select_for_run
+from datapool_pipeline_tests.helpers import tiny_embedder
+from datapool_pipeline_tests.test_workflow import START, images_spec, write_images
+
+
+def unit(x: np.ndarray) -> np.ndarray:
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+def selection(minimum: float | None = None, typicality: float | None = None) -> SelectionConfig:
+    div: dict[str, Any] = {"type": "DIVERSITY"}
+    if minimum is not None:
+        div["stopping_condition_minimum_distance"] = minimum
+    entries: list[dict[str, Any]] = [{"input": {"type": "EMBEDDINGS"}, "strategy": div}]
+    if typicality is not None:
+        entries.append({"input": {"type": "EMBEDDINGS"}, "strategy": {"type": "TYPICALITY", "strength": typicality}})
+    return parse_run_config({"selection_config": {"n_samples": 1, "strategies": entries}}).selection_config
+
+
+def clustered(seed: int = 0, n: int = 600, outliers: int = 12, dim: int = 32) -> tuple[np.ndarray, np.ndarray]:
+    """Four clusters that vary along a few directions each, plus random-direction outliers (label -1)."""
+    rng = np.random.default_rng(seed)
+    centers = unit(rng.normal(size=(4, dim)))
+    labels = rng.integers(4, size=n - outliers)
+    bases = rng.normal(size=(4, 3, dim)) / np.sqrt(dim)
+    x = centers[labels] + np.einsum("ni,nid->nd", rng.normal(size=(len(labels), 3)) * 0.4, bases[labels])
+    x += rng.normal(scale=0.02, size=x.shape)
+    data = unit(np.concatenate([x, rng.normal(size=(outliers, dim))]))
+    return data, np.concatenate([labels, np.full(outliers, -1)])
+
+
+def test_diversity_alone_picks_exactly_what_greedy_k_center_picks() -> None:
+    x, _ = clustered()
+    pool = x[:50]
+    for cfg_pool in (None, pool):
+        out = strategies.select(x[50:], 40, selection(), pool=cfg_pool, seed=3)
+        plain = greedy_k_center(x[50:], 40, pool=cfg_pool, seed=3)
+        assert out.result.picks == plain.picks and out.stop_reason == strategies.REQUESTED
+        assert np.array_equal(out.result.pick_distances, plain.pick_distances)
+
+
+def test_minimum_distance_stops_early_and_covers_the_rest() -> None:
+    x, _ = clustered()
+    pool, cand = x[:50], x[50:]
+    full = greedy_k_center(cand, 200, pool=pool)
+    minimum = float(full.pick_distances[30])  # the 31st pick's distance: 31 picks are at least this far
+    out = strategies.select(cand, 200, selection(minimum=minimum), pool=pool)
+    assert out.stop_reason == strategies.MINIMUM_DISTANCE
+    assert 31 <= len(out.result.picks) < 200 and out.result.picks == full.picks[: len(out.result.picks)]
+    assert out.result.pick_distances.min() >= minimum
+    # Every candidate left is closer than the minimum to the datapool or a pick.
+    covered = np.concatenate([pool, cand[out.result.picks]])
+    assert np.sqrt(np.maximum(2 - 2 * (cand @ covered.T).max(axis=1), 0)).max() < minimum + 1e-6
+    # With TYPICALITY too: every pick is at least the minimum away, and the selection stops early.
+    both = strategies.select(cand, 200, selection(minimum=minimum, typicality=1.0), pool=pool)
+    assert both.stop_reason == strategies.MINIMUM_DISTANCE and 0 < len(both.result.picks) < 200
+    assert both.result.pick_distances.min() >= minimum
+
+
+def test_minimum_distance_leaves_nothing_when_the_new_data_copies_the_pool() -> None:
+    x, _ = clustered()
+    near = unit(x + np.random.default_rng(1).normal(scale=1e-3, size=x.shape))
+    for typicality in (None, 1.0):
+        out = strategies.select(near, 10, selection(minimum=0.05, typicality=typicality), pool=x)
+        assert out.result.picks == [] and out.stop_reason == strategies.MINIMUM_DISTANCE
+        assert 0 < out.first_distance < 0.05
+
+
+def test_typicality_with_diversity_avoids_the_outliers_that_diversity_alone_chases() -> None:
+    x, labels = clustered()
+    pool = x[labels >= 0][:40]
+    for p in (None, pool):
+        alone = strategies.select(x, 30, selection(), pool=p)
+        mixed = strategies.select(x, 30, selection(typicality=1.0), pool=p)
+        outliers_alone = int((labels[alone.result.picks] < 0).sum())
+        outliers_mixed = int((labels[mixed.result.picks] < 0).sum())
+        assert outliers_alone >= 10  # plain k-center takes the 12 random directions first
+        assert outliers_mixed < outliers_alone and outliers_mixed <= 1
+        assert len(mixed.result.picks) == 30 and len(set(labels[mixed.result.picks]) - {-1}) == 4
+
+
+def test_weighted_greedy_never_picks_copies_and_stops_when_only_copies_are_left() -> None:
+    x = np.eye(4, 8, dtype=np.float32)
+    cand = np.concatenate([x, x[:2], x[:1]])
+    out = strategies.select(cand, 7, selection(typicality=2.0))
+    assert len(out.result.picks) == 4 and out.stop_reason == strategies.COPIES
+    assert {tuple(cand[i]) for i in out.result.picks} == {tuple(v) for v in x}
+    assert strategies.select(x[:2], 2, selection(typicality=1.0), pool=x).result.picks == []
+
+
+def test_typicality_scores_exact_and_hnswlib_agree(monkeypatch: pytest.MonkeyPatch) -> None:
+    x, labels = clustered(n=400)
+    exact = strategies.typicality_scores(x)
+    assert exact.min() == 0.0 and exact.max() == 1.0
+    assert exact[labels < 0].max() < exact[labels >= 0].mean()  # outliers are the least typical
+    monkeypatch.setattr(strategies, "TYPICALITY_EXACT_MAX", 10)
+    approx = strategies.typicality_scores(x)
+    assert np.corrcoef(exact, approx)[0, 1] > 0.95
+
+
+@pytest.mark.parametrize(
+    ("strategy_list", "message"),
+    [
+        ([{"strategy": {"type": "DIVERSITY"}}, {"input": {"type": "EMBEDDINGS"}, "strategy": {"type": "SIMILARITY"}}],
+         "selection_config.strategies[1].strategy.type: must be one of DIVERSITY, TYPICALITY"),
+        ([{"strategy": {"type": "TYPICALITY"}}], "selection_config.strategies: add an entry"),
+        ([{"strategy": {"type": "DIVERSITY"}}, {"strategy": {"type": "DIVERSITY"}}],
+         "selection_config.strategies[1].strategy.type: DIVERSITY is given twice"),
+        ([{"strategy": {"type": "DIVERSITY", "stopping_condition_minimum_distance": -0.1}}],
+         "selection_config.strategies[0].strategy.stopping_condition_minimum_distance: must be >= 0"),
+        ([{"strategy": {"type": "DIVERSITY"}}, {"strategy": {"type": "TYPICALITY", "strength": 0}}],
+         "selection_config.strategies[1].strategy.strength: must be > 0"),
+        ([{"strategy": {"type": "DIVERSITY"}},
+          {"strategy": {"type": "TYPICALITY", "stopping_condition_minimum_distance": 0.2}}],
+         "selection_config.strategies[1].strategy.stopping_condition_minimum_distance: only DIVERSITY"),
+        ([{"input": {"type": "METADATA"}, "strategy": {"type": "DIVERSITY"}}],
+         "selection_config.strategies[0].input.type: must be one of EMBEDDINGS"),
+    ],
+)
+def test_wrong_strategy_configs_name_the_field(strategy_list: list, message: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_run_config({"selection_config": {"n_samples": 3, "strategies": strategy_list}})
+    assert message in str(info.value) and "\n" not in str(info.value)
+
+
+def _select(spec: DatasetSpec, raw_config: dict, staging_id: str, minutes: int) -> SelectionSummary:
+    input_storage, store = LocalStorage(spec.input), DatapoolStore(LocalStorage(spec.output))
+    run_config = parse_run_config(raw_config)
+    files = list_inventory(spec, input_storage).files
+    todo = files if run_config.process_all else unprocessed(files, store.load_state().processed)
+    shards, _ = assign_shards(spec, store, todo)
+    plan = plan_run(spec, store, input_storage, shards, process_all=run_config.process_all)
+    model = tiny_embedder()
+    for shard in shards:
+        extract_shard_frames(spec, store, input_storage, shard)
+        embed_shard(spec, store, input_storage, model, shard)
+    from datetime import timedelta
+
+    return select_for_run(spec, store, plan, run_config, staging_id=staging_id,
+                          started_at=START + timedelta(minutes=minutes), fingerprint=model.fingerprint, dim=model.dim)
+
+
+def test_real_runs_with_minimum_distance_and_typicality(tmp_path: Path) -> None:
+    spec = images_spec(tmp_path)
+    store = DatapoolStore(LocalStorage(spec.output))
+    write_images(Path(spec.input), 12)
+    strategies_ = [
+        {"input": {"type": "EMBEDDINGS"},
+         "strategy": {"type": "DIVERSITY", "stopping_condition_minimum_distance": 2.0, "strength": 1.0}},
+        {"input": {"type": "EMBEDDINGS"}, "strategy": {"type": "TYPICALITY", "strength": 0.5}},
+    ]
+    # Empty datapool: the first pick is infinitely far from it; every later one is closer than 2.0 (the
+    # largest distance of unit vectors), so the run stops after one pick and says why.
+    first = _select(spec, {"selection_config": {"n_samples": 5, "strategies": strategies_}}, "run-1", 0)
+    assert (first.requested, first.selected, first.stop_reason) == (5, 1, "minimum_distance")
+    meta = store.read_staging("run-1")
+    assert meta is not None and meta[0]["stop_reason"] == "minimum_distance" and meta[0]["requested"] == 5
+    commit = commit_staged(spec, store, LocalStorage(spec.input), "run-1", run_id="run-1")
+    assert commit.n_samples == 1
+    assert commit.config["selection_config"]["strategies"][1]["strategy"] == {"type": "TYPICALITY", "strength": 0.5}
+
+    # Second run on new images: nothing is 2.0 away from the datapool, so the run aborts, nothing committed.
+    write_images(Path(spec.input), 4, start=12)
+    second_config = {"worker_config": {"use_datapool": True},
+                     "selection_config": {"n_samples": 3, "strategies": strategies_}}
+    with pytest.raises(RunAborted, match="nothing left to add: no new sample is at least "
+                                         "stopping_condition_minimum_distance 2 from the datapool") as info:
+        _select(spec, second_config, "run-2", 1)
+    assert "\n" not in str(info.value)
+    assert store.load_state().size == 1 and len(store.load_commits()) == 1 and store.staging_ids() == []
+
+    # Without the minimum distance the same run selects what it was asked for, TYPICALITY included.
+    second_config["selection_config"]["strategies"] = [
+        {"strategy": {"type": "DIVERSITY"}}, {"strategy": {"type": "TYPICALITY", "strength": 0.5}}]
+    third = _select(spec, second_config, "run-3", 2)
+    assert (third.requested, third.selected, third.stop_reason) == (3, 3, "requested")
