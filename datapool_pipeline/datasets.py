@@ -102,6 +102,8 @@ class ImageSpec(StrictModel):
     )
 
 
+DEFAULT_FULL_LISTING_EVERY_TICKS = 60
+"""About an hour at the default 60 s sensor interval."""
 DEFAULT_SENSOR_WORKER_CONFIG = WorkerConfig(use_datapool=True)
 DEFAULT_SENSOR_SELECTION_CONFIG = SelectionConfig(proportion_samples=0.1)
 
@@ -120,6 +122,13 @@ class SensorSpec(StrictModel):
     max_runs_per_tick: int = Field(default=10, ge=1, description="Runs one tick may request.")
     max_objects_per_tick: int = Field(
         default=20_000, ge=1, description="Objects listed per tick; the cursor resumes the listing on the next tick."
+    )
+    full_listing_every_ticks: int = Field(
+        default=DEFAULT_FULL_LISTING_EVERY_TICKS,
+        ge=1,
+        description="Incremental ticks between two full passes over the input. A tick lists only the keys after "
+        "the greatest key seen; a full pass (max_objects_per_tick per tick) finds keys written out of order and "
+        "overwritten files.",
     )
     worker_config: WorkerConfig = Field(
         default=DEFAULT_SENSOR_WORKER_CONFIG, description="The requested runs' worker_config (use_datapool)."

@@ -17,7 +17,7 @@ from datapool_pipeline.assets.resources import storage_for
 from datapool_pipeline.assets.runs import DATASET_TAG, partition_range_tags
 from datapool_pipeline.config import RunConfig
 from datapool_pipeline.datapool import DatapoolStore, tables
-from datapool_pipeline.datasets import DatasetSpec
+from datapool_pipeline.datasets import DEFAULT_FULL_LISTING_EVERY_TICKS, DatasetSpec
 from datapool_pipeline.errors import RunAborted
 from datapool_pipeline.media.kinds import media_kind
 from datapool_pipeline.storage import Storage
@@ -96,11 +96,11 @@ def run_tags(spec: DatasetSpec, prepared: PreparedRun) -> dict[str, str]:
 # ---- sensors -----------------------------------------------------------------------------------
 
 
-FULL_LISTING_EVERY_TICKS = 60
-"""Incremental ticks between two full passes over the input (about an hour at the default 60 s sensor
-interval). An incremental tick lists only the keys after the greatest key seen so far; a full pass lists
-everything again, `max_objects_per_tick` objects per tick, to find keys that were written before that
-key (buckets are not append-only). Proposed datasets.yaml key: `sensor.full_listing_every_ticks`."""
+FULL_LISTING_EVERY_TICKS = DEFAULT_FULL_LISTING_EVERY_TICKS
+"""Incremental ticks between two full passes over the input (datasets.yaml `sensor.full_listing_every_ticks`).
+An incremental tick lists only the keys after the greatest key seen so far; a full pass lists everything
+again, `max_objects_per_tick` objects per tick, to find keys that were written before that key (buckets are
+not append-only)."""
 
 
 @dataclass

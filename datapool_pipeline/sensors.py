@@ -11,7 +11,7 @@ from datapool_pipeline.assets.resources import storage_for
 from datapool_pipeline.assets.run_config import op_run_config
 from datapool_pipeline.assets.runs import DATASET_TAG, partition_range_tags
 from datapool_pipeline.datapool import DatapoolStore
-from datapool_pipeline.launch import FULL_LISTING_EVERY_TICKS, ScanCursor, scan_new_files
+from datapool_pipeline.launch import ScanCursor, scan_new_files
 
 TRIGGER_TAG = "datapool/trigger"
 FILES_TAG = "datapool/files"
@@ -42,8 +42,7 @@ def build_sensor(built: DatasetAssets) -> dg.SensorDefinition:
     spec = built.spec
     settings = spec.sensor
     partitions = built.partitions
-    # The datasets.yaml key once the sensor settings have it; the module default until then.
-    full_every = int(getattr(settings, "full_listing_every_ticks", FULL_LISTING_EVERY_TICKS))
+    full_every = settings.full_listing_every_ticks
 
     @dg.sensor(
         name=sensor_name(built),

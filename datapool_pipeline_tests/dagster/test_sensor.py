@@ -60,11 +60,9 @@ def _range(request: dg.RunRequest) -> tuple[str, str]:
     return request.tags["dagster/asset_partition_range_start"], request.tags["dagster/asset_partition_range_end"]
 
 
-def test_new_files_then_nothing_then_overwrite(
-    tmp_path: Path, instance: dg.DagsterInstance, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr("datapool_pipeline.sensors.FULL_LISTING_EVERY_TICKS", 1)  # a full pass every other tick
-    path, input_dir, output_dir = _sensor_yaml(tmp_path, files_per_run=2)
+def test_new_files_then_nothing_then_overwrite(tmp_path: Path, instance: dg.DagsterInstance) -> None:
+    # full_listing_every_ticks: 1 -> a full pass every other tick
+    path, input_dir, output_dir = _sensor_yaml(tmp_path, files_per_run=2, full_listing_every_ticks=1)
     add_videos(input_dir, ["a.mp4", "b.mp4", "c.mp4"], seconds=1)
     (input_dir / "notes.txt").write_text("not a video")
 
