@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -65,7 +66,9 @@ def tiny_embedder(  # noqa: ANN201
 ):
     """A deterministic stand-in for an open_clip model, for tests of the workflow and the store: each
     frame is average-pooled to 4x4 and projected by a fixed seeded matrix (a few microseconds per frame, no
-    weights to build). Similar pictures get similar embeddings, so selection still behaves sensibly.
+    weights to build). Similar pictures get similar embeddings, so selection still behaves sensibly. Its text
+    encoder maps each text to a fixed random vector (seeded by the text): it runs SIMILARITY text queries
+    end to end but means nothing; what a prompt selects needs an open_clip model with real weights.
     `fingerprint` names its embedding space (the cache key of shard embeddings)."""
     import torch
     import torch.nn.functional as F
@@ -78,6 +81,11 @@ def tiny_embedder(  # noqa: ANN201
     def encode(x: torch.Tensor) -> torch.Tensor:
         return F.adaptive_avg_pool2d(x, 4).flatten(1) @ projection
 
+    def encode_text(texts: list[str]) -> torch.Tensor:
+        # Deterministic, meaningless text features: a vector seeded by the text's hash (plumbing tests only).
+        seeds = [int.from_bytes(hashlib.sha256(t.encode()).digest()[:8], "little") for t in texts]
+        return torch.stack([torch.randn(dim, generator=torch.Generator().manual_seed(s)) for s in seeds])
+
     return EmbeddingModel(
         model=torch.nn.Identity(),
         image_size=image_size,
@@ -88,4 +96,5 @@ def tiny_embedder(  # noqa: ANN201
         fingerprint=fingerprint,
         batch_size=batch_size,
         encode=encode,
+        encode_text=encode_text,
     )

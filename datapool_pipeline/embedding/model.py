@@ -1,4 +1,5 @@
-"""Loading an open_clip image tower from a hub tag, a local checkpoint, or seeded random weights."""
+"""Loading an open_clip model (image tower; text tower for text queries) from a hub tag, a local
+checkpoint, or seeded random weights."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import functools
 import os
 import queue
 import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -73,6 +74,25 @@ class EmbeddingModel:
     encode: Callable[[torch.Tensor], torch.Tensor] | None = field(default=None, repr=False)
     """Normalised NCHW float batch -> features; defaults to model.encode_image (see load_model)."""
     precision: str = "fp32"
+    encode_text: Callable[[list[str]], torch.Tensor] | None = field(default=None, repr=False)
+    """Texts -> features in the image embedding space (open_clip: its tokenizer + model.encode_text); None
+    when the model has no text tower (then text queries are refused)."""
+
+    def embed_text(self, texts: Sequence[str]) -> np.ndarray:
+        """Text prompts -> float32 (N, dim), unit norm, in the space of `embed` (same model)."""
+        if self.encode_text is None:
+            raise ConfigError(
+                f"the embedding model {self.fingerprint} has no text tower: text queries (SIMILARITY input.text) "
+                "need an open_clip model; use input.keys (query images) instead"
+            )
+        with torch.inference_mode():
+            if self.device.type == "cuda":
+                with torch.autocast("cuda", dtype=torch.float16):
+                    features = self.encode_text(list(texts))
+            else:
+                features = self.encode_text(list(texts))
+            features = F.normalize(features.float(), dim=-1)
+        return features.cpu().numpy().astype(np.float32, copy=False)
 
     def embed(self, frames: np.ndarray) -> np.ndarray:
         """uint8 frames (N, S, S, 3), already resized to image_size, -> float32 (N, dim), unit norm."""
@@ -213,7 +233,20 @@ def _load_cached(spec: EmbeddingSpec) -> EmbeddingModel:
         batch_size=spec.batch_size,
         encode=encode,
         precision=precision,
+        encode_text=functools.partial(_encode_text, model, spec.model, device),
     )
+
+
+def _encode_text(model: torch.nn.Module, architecture: str, device: torch.device, texts: list[str]) -> torch.Tensor:
+    """open_clip's tokenizer of the architecture (made on first use: some download one) + encode_text."""
+    return model.encode_text(_tokenizer(architecture)(texts).to(device))  # type: ignore[operator]
+
+
+@functools.lru_cache(maxsize=4)
+def _tokenizer(architecture: str) -> Callable[[list[str]], torch.Tensor]:
+    import open_clip
+
+    return open_clip.get_tokenizer(architecture)
 
 
 def _encode_with(visual: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
