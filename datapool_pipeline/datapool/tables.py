@@ -33,6 +33,25 @@ FRAME_SCHEMA = {
     "mean_luma": pl.Float32,
 }
 
+# Built-in metadata columns of the per-shard embeddings table (selection/metadata.py), computed in the
+# embedding pass. Shards embedded before they existed are read with them null.
+EMBEDDING_METADATA_SCHEMA: dict[str, pl.DataType] = {
+    "brightness": pl.Float32(),
+    "contrast": pl.Float32(),
+    "sharpness": pl.Float32(),
+    "duration_s": pl.Float64(),
+    "width": pl.Int64(),
+    "height": pl.Int64(),
+    "file_size": pl.Int64(),
+}
+
+
+def with_embedding_metadata(df: pl.DataFrame) -> pl.DataFrame:
+    """An embeddings table with every built-in metadata column (null where an older shard lacks it)."""
+    missing = [pl.lit(None, dtype=dtype).alias(name) for name, dtype in EMBEDDING_METADATA_SCHEMA.items()
+               if name not in df.columns]
+    return df.with_columns(missing) if missing else df
+
 
 def sample_schema(dim: int) -> dict[str, pl.DataType]:
     return {

@@ -16,6 +16,9 @@ from datapool_pipeline.media.ffmpeg_binary import ffmpeg_executable
 
 _SHOWINFO_RE = re.compile(r"\bn:\s*(\d+)\s+pts:\s*(-?\d+)\s+pts_time:\s*(-?[0-9.eE+-]+)")
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+# The input's header as ffmpeg logs it: "Duration: 00:00:05.00," and "Stream #0:0...: Video: ..., 320x240 [".
+_DURATION_RE = re.compile(r"Duration:\s*(\d+):(\d{2}):(\d{2}(?:\.\d+)?)")
+_RESOLUTION_RE = re.compile(r",\s*(\d{1,5})x(\d{1,5})(?=[\s,\[]|$)")
 
 
 class VideoDecodeError(Exception):
@@ -52,10 +55,27 @@ class _StderrReader(threading.Thread):
         self.pipe = pipe
         self.timestamps: list[float] = []
         self.tail: collections.deque[str] = collections.deque(maxlen=12)
+        self.duration: float | None = None
+        self.resolution: tuple[int, int] | None = None
+        self._in_output = False
+
+    def _header(self, line: str) -> None:
+        """Duration and resolution of the input file (from the log's Input section, before Output)."""
+        if line.startswith("Output #"):
+            self._in_output = True
+        if self._in_output:
+            return
+        if self.duration is None and (d := _DURATION_RE.search(line)):
+            self.duration = int(d.group(1)) * 3600 + int(d.group(2)) * 60 + float(d.group(3))
+        video = line.split("Video:", 1)[1] if "Stream #" in line and "Video:" in line else ""
+        if self.resolution is None and (r := _RESOLUTION_RE.search(video)):
+            self.resolution = (int(r.group(1)), int(r.group(2)))
 
     def run(self) -> None:
         for raw in iter(self.pipe.readline, b""):  # type: ignore[attr-defined]
             line = raw.decode("utf-8", "replace").rstrip()
+            if not self._in_output:
+                self._header(line)
             match = _SHOWINFO_RE.search(line)
             if match and "showinfo" in line.lower():
                 self.timestamps.append(float(match.group(3)))
@@ -73,7 +93,8 @@ class FrameStream:
 
     Shortest side scaled to `size` (bicubic) and centre-cropped, as open_clip's preprocessing does.
     After iteration `timestamps` holds each frame's presentation time in seconds, and `error`
-    ffmpeg's reason if it stopped with a failure (frames yielded before it remain valid).
+    ffmpeg's reason if it stopped with a failure (frames yielded before it remain valid), and
+    `duration` (s) and `width`/`height` of the input file as ffmpeg's log gives them (None if not).
     """
 
     def __init__(
@@ -93,6 +114,9 @@ class FrameStream:
         self.timestamps: list[float] = []
         self.error: str | None = None
         self.frames = 0
+        self.duration: float | None = None
+        self.width: int | None = None
+        self.height: int | None = None
 
     def __iter__(self) -> Iterator[np.ndarray]:
         s = self.size
@@ -122,6 +146,9 @@ class FrameStream:
             returncode = proc.wait()
             reader.join(timeout=10)
             self.timestamps = reader.timestamps[: self.frames]
+            self.duration = reader.duration
+            if reader.resolution is not None:
+                self.width, self.height = reader.resolution
             if returncode != 0 and self.frames == 0:
                 self.error = reader.reason()
             elif returncode != 0:

@@ -13,6 +13,7 @@ from datapool_pipeline.datasets import DatasetSpec
 from datapool_pipeline.embedding import EmbeddingModel
 from datapool_pipeline.media.image import ImageDecodeError, decode_image, resize_center_crop
 from datapool_pipeline.media.video import FrameStream
+from datapool_pipeline.selection.metadata import METADATA_SCHEMA, FrameStatsRecorder
 from datapool_pipeline.storage import Storage
 from datapool_pipeline.workflow.faults import fault_point
 from datapool_pipeline.workflow.frames import extract_shard_frames
@@ -55,13 +56,20 @@ def embed_shard(
     stamps: list[float] = []
     chunks: list[np.ndarray] = []
     done = 0
+    # Built-in metadata (selection/metadata.py): frame statistics from the model-size frames as they are
+    # embedded, and per raw file its duration, resolution and size.
+    stats = FrameStatsRecorder()
+    durations: list[float | None] = []
+    widths: list[int | None] = []
+    heights: list[int | None] = []
+    sizes: list[int | None] = []
     if spec.type == "VIDEOS":
         for row in ok.iter_rows(named=True):
             key, version = row["raw_key"], row["raw_version"]
             with input_storage.local_source(key) as source:
                 stream = FrameStream(source, model.image_size, **spec.video.frame_options())
                 n_before = done
-                for batch in model.embed_stream(stream):
+                for batch in model.embed_stream(stats.wrap(stream)):
                     chunks.append(batch)
                     done += len(batch)
                     rate = done / max(throttle.elapsed, 1e-6)
@@ -71,6 +79,10 @@ def embed_shard(
                 versions += [version] * n
                 indices += list(range(n))
                 stamps += stream.timestamps[:n]
+                durations += [stream.duration] * n
+                widths += [stream.width] * n
+                heights += [stream.height] * n
+                sizes += [row["raw_size"]] * n
     else:
 
         def images() -> Iterator[np.ndarray]:
@@ -80,14 +92,18 @@ def embed_shard(
                 if frame is not None:
                     keys.append(row["raw_key"])
                     versions.append(row["raw_version"])
+                    widths.append(row["width"])
+                    heights.append(row["height"])
+                    sizes.append(row["raw_size"])
                     yield frame
 
-        for batch in model.embed_stream(images()):
+        for batch in model.embed_stream(stats.wrap(images())):
             chunks.append(batch)
             done += len(batch)
             throttle(f"shard {shard}: embedded {done}/{total} images ({done / max(throttle.elapsed, 1e-6):.1f}/s)")
         indices = [-1] * len(keys)
         stamps = [0.0] * len(keys)
+        durations = [None] * len(keys)
     matrix = np.concatenate(chunks) if chunks else np.empty((0, model.dim), np.float32)
     df = pl.DataFrame(
         {
@@ -96,6 +112,13 @@ def embed_shard(
             "frame_index": indices,
             "timestamp_s": stamps,
             "embedding": matrix,
+            "brightness": stats.brightness,
+            "contrast": stats.contrast,
+            "sharpness": stats.sharpness,
+            "duration_s": durations,
+            "width": widths,
+            "height": heights,
+            "file_size": sizes,
         },
         schema={
             "raw_key": pl.String,
@@ -103,6 +126,7 @@ def embed_shard(
             "frame_index": pl.Int64,
             "timestamp_s": pl.Float64,
             "embedding": pl.Array(pl.Float32, model.dim),
+            **METADATA_SCHEMA,
         },
     )
     store.write_shard_embeddings(shard, model.fingerprint, df)

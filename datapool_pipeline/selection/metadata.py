@@ -1,0 +1,171 @@
+"""Built-in metadata per sample (computed in the embedding pass) and the METADATA strategies on it.
+
+The embedding pass already holds every frame (image) decoded at the model's input size; from that frame
+it computes, at a small cost next to the model:
+
+- brightness: mean luma (0..255, Rec. 601 weights),
+- contrast: standard deviation of luma,
+- sharpness: variance of the 4-neighbour Laplacian of luma (low: blurred or flat frames),
+
+and from the raw file: timestamp (s, videos; 0 for images), duration (s, videos), width and height (of
+the raw file, not the model-size frame) and file_size (bytes). They are columns of each shard's
+embeddings table; shards embedded before these columns existed load with the columns null.
+
+THRESHOLD keeps only candidates whose value passes `{threshold, operation}` (a null value never passes);
+WEIGHTS turns a key's values into a [0, 1] score (min-max over the candidates, null -> 0) that the
+combined greedy of selection/strategies.py adds with the entry's strength.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import numpy as np
+import polars as pl
+
+from datapool_pipeline.datapool.tables import EMBEDDING_METADATA_SCHEMA
+
+if TYPE_CHECKING:
+    from datapool_pipeline.config import SelectionConfig
+
+# Built-in key -> column of the shard embeddings table (timestamp is the existing timestamp_s column).
+BUILTIN_COLUMNS: dict[str, str] = {
+    "brightness": "brightness",
+    "contrast": "contrast",
+    "sharpness": "sharpness",
+    "timestamp": "timestamp_s",
+    "duration": "duration_s",
+    "width": "width",
+    "height": "height",
+    "file_size": "file_size",
+}
+BUILTIN_KEYS = tuple(BUILTIN_COLUMNS)  # = config.BUILTIN_METADATA_KEYS (test_metadata checks)
+
+# The columns this module adds to the embeddings table (timestamp_s was there before).
+METADATA_SCHEMA = EMBEDDING_METADATA_SCHEMA
+
+OPERATIONS = ("BIGGER", "BIGGER_EQUAL", "SMALLER", "SMALLER_EQUAL")
+
+_LUMA = np.array([0.299, 0.587, 0.114], np.float32)
+
+
+def frame_stats(frame: np.ndarray) -> tuple[float, float, float]:
+    """(brightness, contrast, sharpness) of a uint8 (H, W, 3) frame, or (H, W) grey frame."""
+    rgb = np.asarray(frame)
+    luma = rgb.astype(np.float32) @ _LUMA if rgb.ndim == 3 else rgb.astype(np.float32)
+    brightness = float(luma.mean())
+    contrast = float(luma.std())
+    if luma.shape[0] < 3 or luma.shape[1] < 3:
+        return brightness, contrast, 0.0
+    lap = (luma[:-2, 1:-1] + luma[2:, 1:-1] + luma[1:-1, :-2] + luma[1:-1, 2:]) - 4.0 * luma[1:-1, 1:-1]
+    return brightness, contrast, float(lap.var())
+
+
+@dataclass
+class FrameStatsRecorder:
+    """Wraps a frame iterable and records each frame's statistics as it passes (to the embedder)."""
+
+    brightness: list[float] = field(default_factory=list)
+    contrast: list[float] = field(default_factory=list)
+    sharpness: list[float] = field(default_factory=list)
+
+    def wrap(self, frames: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
+        for frame in frames:
+            b, c, s = frame_stats(frame)
+            self.brightness.append(b)
+            self.contrast.append(c)
+            self.sharpness.append(s)
+            yield frame
+
+
+def lacks_metadata(df: pl.DataFrame) -> bool:
+    """True for a non-empty embeddings table written before the built-in metadata existed (as read by the
+    store: every frame statistic null; the embedding pass computes one for every sample it embeds)."""
+    return df.height > 0 and ("brightness" not in df.columns or df["brightness"].null_count() == df.height)
+
+
+def column_values(df: pl.DataFrame, key: str) -> np.ndarray:
+    """The key's values as float64 (NaN for null)."""
+    column = BUILTIN_COLUMNS[key]
+    if column not in df.columns:
+        return np.full(df.height, np.nan)
+    return df[column].cast(pl.Float64).fill_null(float("nan")).to_numpy().astype(np.float64)
+
+
+def passes(values: np.ndarray, threshold: float, operation: str) -> np.ndarray:
+    """Which values pass `value <operation> threshold`; NaN (unknown) never passes."""
+    v = np.asarray(values, np.float64)
+    with np.errstate(invalid="ignore"):
+        if operation == "BIGGER":
+            ok = v > threshold
+        elif operation == "BIGGER_EQUAL":
+            ok = v >= threshold
+        elif operation == "SMALLER":
+            ok = v < threshold
+        elif operation == "SMALLER_EQUAL":
+            ok = v <= threshold
+        else:
+            raise ValueError(f"operation must be one of {', '.join(OPERATIONS)}, not {operation!r}")
+    return ok & ~np.isnan(v)
+
+
+def weight_scores(values: np.ndarray) -> np.ndarray:
+    """Values min-max normalised to [0, 1] (1: the highest); NaN -> 0; all equal -> all 1."""
+    v = np.asarray(values, np.float64)
+    known = ~np.isnan(v)
+    out = np.zeros(len(v), np.float64)
+    if not known.any():
+        return out
+    lo, hi = float(v[known].min()), float(v[known].max())
+    out[known] = 1.0 if hi <= lo else (v[known] - lo) / (hi - lo)
+    return out
+
+
+@dataclass
+class ThresholdOutcome:
+    """What one THRESHOLD entry did: how many candidates it removed (of those left before it)."""
+
+    key: str
+    operation: str
+    threshold: float
+    removed: int
+    unknown: int
+    """Of the removed: candidates without a value (null: e.g. a shard embedded before the metadata existed)."""
+
+    def as_dict(self) -> dict[str, object]:
+        return dict(self.__dict__)
+
+
+def apply_thresholds(
+    candidates: pl.DataFrame, selection: SelectionConfig
+) -> tuple[pl.DataFrame, list[ThresholdOutcome]]:
+    """Keep only the candidates that pass every THRESHOLD entry (in config order)."""
+    outcomes: list[ThresholdOutcome] = []
+    for entry in selection.metadata_entries("THRESHOLD"):
+        key, setting = str(entry.input.key), entry.strategy
+        assert setting.threshold is not None and setting.operation is not None
+        values = column_values(candidates, key)
+        keep = passes(values, setting.threshold, setting.operation)
+        outcomes.append(ThresholdOutcome(key, setting.operation, setting.threshold, int((~keep).sum()),
+                                         int(np.isnan(values).sum())))
+        candidates = candidates.filter(pl.Series(keep))
+    return candidates, outcomes
+
+
+def weights_bonus(candidates: pl.DataFrame, selection: SelectionConfig) -> np.ndarray | None:
+    """Sum over WEIGHTS entries of strength * weight_scores(values of the key); None without WEIGHTS."""
+    entries = selection.metadata_entries("WEIGHTS")
+    if not entries:
+        return None
+    bonus = np.zeros(candidates.height, np.float64)
+    for entry in entries:
+        bonus += entry.strategy.strength * weight_scores(column_values(candidates, str(entry.input.key)))
+    return bonus
+
+
+def missing_metadata_keys(candidates: pl.DataFrame, selection: SelectionConfig) -> list[str]:
+    """METADATA keys of the config whose values are unknown (null) for every candidate."""
+    keys = [str(e.input.key) for e in selection.strategies if e.input.type == "METADATA"]
+    return [k for k in dict.fromkeys(keys) if candidates.height and np.isnan(column_values(candidates, k)).all()]
