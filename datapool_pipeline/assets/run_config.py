@@ -4,6 +4,7 @@ as `datapool run --config`, and `parsed()` applies the same validation."""
 
 from __future__ import annotations
 
+import enum
 import types
 import typing
 from typing import Any
@@ -39,9 +40,16 @@ def _dagster_annotation(annotation: Any) -> Any:
     if origin is tuple:
         return list[_dagster_annotation(args[0])]  # type: ignore[misc]
     if origin in (typing.Union, types.UnionType):
-        converted = tuple(_dagster_annotation(a) for a in args)
+        # Dagster resolves a bare Literal but not one inside Optional: give it an Enum of the same values.
+        converted = tuple(_literal_enum(a) if typing.get_origin(a) is typing.Literal else _dagster_annotation(a)
+                          for a in args)
         return typing.Union[converted]  # noqa: UP007 - built from a runtime tuple
     return annotation
+
+
+def _literal_enum(literal: Any) -> type[enum.Enum]:
+    values = typing.get_args(literal)
+    return enum.Enum("_".join(str(v) for v in values), {str(v): v for v in values})  # type: ignore[return-value]
 
 
 _RunConfigBase = dagster_config_class(RunConfig)
