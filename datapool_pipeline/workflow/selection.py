@@ -143,7 +143,10 @@ def select_for_run(
     index = None
     if len(pool) and len(candidates) * len(pool) > exact_max_pairs:
         index = load_pool_index(store, pool, pool_ids, fingerprint, log=log)
-    seeding = {"pool": pool, "pool_index": index, "exact_max_pairs": exact_max_pairs, "seed": spec.seed}
+    # With the index, the selector reads the pool's vectors from it (not held twice).
+    seeding = {"pool": None if index is not None else pool, "pool_index": index,
+               "exact_max_pairs": exact_max_pairs, "seed": spec.seed}
+    del pool
     selection = run_config.selection_config
     outcome = strategies.select(candidates, k, selection, **seeding)
     adopted = 0
