@@ -4,14 +4,18 @@ Verified: the owner record (dataset.json); every commit manifest (parses, has th
 their types, is named after its seq) and the chain (seqs 1..n, each part and tag once, datapool_size
 adds up); every table part (present, the recorded sha256 and row count, parses, its columns and tag);
 each sample once in the datapool; for videos, each sample's frame file in the output; the hnswlib
-index (a cache: a stale one is only reported); leftovers: temp files of interrupted writes (local
+index (a cache: a stale one is only reported); each checkpoint (its JSON and checksum, its commits
+equal to the manifests, its compacted parts' sha256 and row counts, its processed table equal to
+the union of the commits' processed parts); leftovers: temp files of interrupted writes (local
 outputs), table parts and frame files nothing references, staging entries.
 
 `repair` only does safe things: it drops a damaged LAST commit (deletes its manifest, so the chain
 ends at the previous sound commit, plus its parts and the frame files only it referenced; its raw files
 count as unprocessed again, so the next run selects from them), and deletes leftovers older than
 `LEFTOVER_MIN_AGE_S` (younger ones may belong to a run in progress; parts and frames only while the
-chain is sound). Other damage is reported with what to do by hand. No dagster import.
+chain is sound), and deletes damaged checkpoints (derived data: loading already skips them and reads
+the manifests; the next commit writes a new one). Dropping a last commit deletes the checkpoints of
+its seq and later. Other damage is reported with what to do by hand. No dagster import.
 """
 
 from __future__ import annotations
@@ -21,8 +25,18 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import polars as pl
+
 from datapool_pipeline.datapool import store as store_module
-from datapool_pipeline.datapool.store import ROOT, Commit, DatapoolStore, chain_problems, parse_manifest
+from datapool_pipeline.datapool.store import (
+    COMPACTED,
+    ROOT,
+    Checkpoint,
+    Commit,
+    DatapoolStore,
+    chain_problems,
+    parse_manifest,
+)
 from datapool_pipeline.errors import DamagedStateError, DatapoolError
 from datapool_pipeline.storage import ObjectInfo
 
@@ -66,7 +80,8 @@ class CheckResult:
         return (
             f"{s.get('commits', 0)} commit(s), {s.get('samples', 0)} sample(s), {s.get('parts', 0)} table "
             f"part(s) verified ({s.get('checksummed', 0)} against a recorded sha256), {frames}"
-            f"{s.get('temp_files', 0)} temporary file(s); {len(self.damage)} damaged, "
+            f"{s.get('checkpoints', 0)} checkpoint(s), {s.get('temp_files', 0)} temporary file(s); "
+            f"{len(self.damage)} damaged, "
             f"{self.count(LEFTOVER)} leftover, {self.count(STALE)} stale"
             + (f", {repaired} repaired" if repaired else "")
         )
@@ -86,7 +101,9 @@ def check_datapool(
     checker = _Checker(store, dataset_type, age).run()
     if not repair:
         return checker.result
-    repaired: list[Finding] = []
+    repaired: list[Finding] = checker.drop_damaged_checkpoints()
+    if repaired:
+        checker = _Checker(store, dataset_type, age).run()
     dropped = checker.drop_damaged_last()
     if dropped is not None:
         log(dropped.what)
@@ -111,6 +128,7 @@ class _Manifest:
     problems: list[str] = field(default_factory=list)
     gap: bool = False  # a manifest before it is missing (not this manifest's damage)
     sample_ids: list[str] | None = None  # when its samples part is readable
+    processed: pl.DataFrame | None = None  # when its processed part is readable
 
 
 class _Checker:
@@ -129,6 +147,8 @@ class _Checker:
         self.unreferenced: list[ObjectInfo] = []
         self.orphan_frames: list[ObjectInfo] = []
         self.committed_staging: list[str] = []
+        self.bad_checkpoints: list[tuple[str, Checkpoint | None]] = []
+        self.compacted_leftovers: list[ObjectInfo] = []
 
     # ---- verification ------------------------------------------------------------------------------
 
@@ -142,6 +162,7 @@ class _Checker:
         if self.dataset_type == "VIDEOS":
             self._frames()
         self._unreferenced_parts()
+        self._checkpoints()
         self._temp_files()
         self._index()
         self.result.stats["commits"] = len(self.manifests)
@@ -235,6 +256,8 @@ class _Checker:
                 checksummed += bool(c.samples_sha256 if kind == "samples" else c.processed_sha256)
                 if kind == "samples":
                     m.sample_ids = df["sample_id"].to_list()
+                else:
+                    m.processed = df
         for m in self.manifests:
             if m.sample_ids is None:
                 continue
@@ -336,6 +359,61 @@ class _Checker:
                 self._leftover_fix(len(self.unreferenced), "--repair and the next commit delete"),
             )
 
+    def _checkpoints(self) -> None:
+        fix = "--repair deletes it (loads skip it and read the manifests; the next commit writes a new one)"
+        by_seq = {m.commit.seq: m for m in self.manifests if m.commit is not None}
+        referenced: set[str] = set()
+        keys = self.store.checkpoint_keys()
+        self.result.stats["checkpoints"] = len(keys)
+        for seq, key in keys:
+            self.store._checkpoints.pop(key, None)  # verify what is stored now, not a cached copy
+            try:
+                checkpoint = self.store.read_checkpoint(key)
+            except ValueError as exc:
+                self.bad_checkpoints.append((key, None))
+                self._add(DAMAGED, key, f"checkpoint {exc}", fix)
+                continue
+            referenced |= {checkpoint.processed.key, checkpoint.registry.key}
+            problems = []
+            for commit in checkpoint.commits:
+                m = by_seq.get(commit.seq)
+                if m is not None and m.commit != commit:
+                    problems.append(f"holds commit #{commit.seq} unlike its manifest {self.storage.display(m.key)}")
+                    break
+            if seq not in by_seq:
+                problems.append(f"holds commit #{seq} but its manifest is missing or unreadable (dropped since?)")
+            compacted = {}
+            for name in ("processed", "registry"):
+                try:
+                    compacted[name] = self.store.read_checkpoint_part(checkpoint, name)
+                except DamagedStateError as exc:
+                    problems.append(
+                        f"its {name} part {self.storage.display(getattr(exc, 'key', ''))} {getattr(exc, 'what', exc)}"
+                    )
+            parts = [by_seq[s].processed if s in by_seq else None for s in range(1, seq + 1)]
+            if not problems and all(p is not None for p in parts):
+                keys_ = ["raw_key", "raw_version"]
+                expected = pl.concat(parts, how="vertical").unique(subset=keys_, keep="last")  # type: ignore[arg-type]
+                got = compacted["processed"].select(expected.columns)
+                if got.height != expected.height or not got.sort(keys_).equals(expected.sort(keys_)):
+                    problems.append(f"its processed table differs from the processed parts of commits 1..{seq}")
+            if problems:
+                self.bad_checkpoints.append((key, checkpoint))
+                for problem in problems:
+                    self._add(DAMAGED, key, f"checkpoint {problem}", fix)
+        found = [i for i in self.storage.list(COMPACTED) if i.key not in referenced]
+        self.compacted_leftovers = [i for i in found if i.mtime < self.cutoff]
+        if found:
+            self._add(
+                LEFTOVER,
+                COMPACTED,
+                f"{len(found)} compacted part(s) that no checkpoint names (of a crashed or pruned "
+                f"checkpoint), e.g. {found[0].key}",
+                self._leftover_fix(len(self.compacted_leftovers), "--repair and the next checkpoint delete")
+                if self.compacted_leftovers or self.chain_sound
+                else "",
+            )
+
     def _temp_files(self) -> None:
         temp_files = getattr(self.storage, "temp_files", None)  # local outputs; object stores have none
         found = list(temp_files()) if temp_files is not None else []
@@ -386,6 +464,22 @@ class _Checker:
 
     # ---- repair ------------------------------------------------------------------------------------
 
+    def drop_damaged_checkpoints(self) -> list[Finding]:
+        done = []
+        for key, checkpoint in self.bad_checkpoints:
+            self._delete_checkpoint(key, checkpoint)
+            done.append(Finding(DAMAGED, self.storage.display(key), "deleted the damaged checkpoint", repaired=True))
+        return done
+
+    def _delete_checkpoint(self, key: str, checkpoint: Checkpoint | None) -> None:
+        """The JSON first (then nothing names the parts), then its parts (those of an unreadable
+        JSON become unreferenced compacted parts: a leftover)."""
+        self.storage.delete(key)
+        self.store._checkpoints.pop(key, None)
+        if checkpoint is not None:
+            self.storage.delete(checkpoint.processed.key)
+            self.storage.delete(checkpoint.registry.key)
+
     def drop_damaged_last(self) -> Finding | None:
         """Delete the last manifest when it is the only damaged one (not when a manifest before it is
         missing: dropping a sound commit would not restore the gap)."""
@@ -395,6 +489,14 @@ class _Checker:
             return None
         self.storage.delete(last.key)
         what = f"dropped the damaged last commit #{last.seq}"
+        for seq, key in self.store.checkpoint_keys():  # they hold the dropped commit
+            if seq >= (last.seq or 0):
+                try:
+                    checkpoint: Checkpoint | None = self.store.read_checkpoint(key)
+                except ValueError:
+                    checkpoint = None
+                self._delete_checkpoint(key, checkpoint)
+                what += f" and its checkpoint {self.storage.display(key)}"
         c = last.commit
         if c is None:  # unparseable: its parts are the ones named after its seq (no run commits on damage)
             for folder in ("samples", "processed"):
@@ -429,6 +531,7 @@ class _Checker:
         groups = [
             ("temporary file(s) of interrupted writes", "", self.temp),
             ("unreferenced table part(s)", f"{ROOT}/", self.unreferenced if self.chain_sound else []),
+            ("compacted part(s) that no checkpoint names", COMPACTED, self.compacted_leftovers),
             (
                 "frame file(s) in no tag and no staged selection",
                 "frames/",

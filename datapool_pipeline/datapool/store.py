@@ -4,6 +4,9 @@ Layout (under the output datasource):
 
     frames/<raw key>/<version hash>-<frame>.png      selected video frames (full resolution)
     datapool/commits/<seq>.json                      one manifest per tag, created with put-if-absent
+    datapool/checkpoints/<seq>.json                  every K commits: a JSON header line (parts, checksums),
+                                                     then the commits 1..seq as one JSON list
+    datapool/compacted/<seq>-<id>-processed|registry.parquet   a checkpoint's compacted tables
     datapool/samples/<seq>-<tag>-<id>.parquet        the samples (with embeddings) of one tag
     datapool/processed/<seq>-<tag>-<id>.parquet      the raw files that run processed
     datapool/shards/registry/<time>-<id>.parquet     which raw files make up which shard
@@ -23,6 +26,15 @@ named after its seq, seqs run 1..n, each part and tag appears once, datapool_siz
 and every read of a table part checks it (present, parses, the recorded row count and sha256): damage
 raises DamagedStateError naming the object, never a parser's traceback. `datapool check`
 (datapool/check.py) verifies the whole state and repairs what is safe to repair.
+
+Checkpoints keep state reads bounded as history grows: every CHECKPOINT_EVERY commits the committing
+run writes the commit list and the compacted processed and registry tables up to its seq (parts
+first, then the checkpoint JSON with put-if-absent, like a manifest). Loading reads the newest valid
+checkpoint, the manifests listed after it (`list(start_after=...)`) and the parts of those commits
+only. A checkpoint is derived data, never the only copy: the manifests and parts stay. One that does
+not verify (JSON, its own checksum, its parts' sha256 and row counts, its last commit equal to that
+seq's manifest) is skipped and loading falls back to the previous checkpoint, then to the whole
+chain; `datapool check` reports it as damaged and `--repair` deletes it.
 """
 
 from __future__ import annotations
@@ -33,7 +45,7 @@ import re
 import time
 import uuid
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from functools import cached_property
 from typing import Any
 
@@ -48,6 +60,19 @@ INITIAL_TAG = "initial-tag"
 LATEST_TAG = "latest"
 ROOT = "datapool"
 FORMAT_VERSION = 1
+# A checkpoint every this many commits (counted from the newest checkpoint, so a checkpoint that a
+# crash skipped is written by the next commit). A run start reads at most 3 * CHECKPOINT_EVERY + 2
+# objects (per commit after the checkpoint: its manifest, its processed part, a registry part; 17 at
+# 5); each checkpoint rewrites the compacted processed and registry tables (benchmarks/bench_state.py).
+CHECKPOINT_EVERY = 5
+# Checkpoints kept (older ones are deleted by the run that writes a newer one).
+CHECKPOINTS_KEPT = 2
+# Registry parts are named after the writer's clock (<UTC time>-<id>): a checkpoint's compacted
+# registry holds every part up to this long before the newest part it saw, and names the parts after
+# that point it holds; loading lists the registry from there. A registry write that took longer than
+# this, or writers' clocks further apart, would be missed (LEFTOVER_MIN_AGE_S makes the same bet).
+REGISTRY_WINDOW_S = 3600.0
+CHECKPOINT_FORMAT = 1
 
 
 @dataclass(frozen=True)
@@ -97,6 +122,86 @@ def _commit_key(seq: int) -> str:
     return f"{ROOT}/commits/{seq:08d}.json"
 
 
+CHECKPOINTS = f"{ROOT}/checkpoints/"
+COMPACTED = f"{ROOT}/compacted/"
+REGISTRY = f"{ROOT}/shards/registry/"
+_CHECKPOINT_NAME = re.compile(r"^(\d{8})\.json$")
+_STAMP = "%Y%m%dT%H%M%S"
+
+
+def checkpoint_key(seq: int) -> str:
+    return f"{CHECKPOINTS}{seq:08d}.json"
+
+
+@dataclass(frozen=True)
+class TablePart:
+    key: str
+    rows: int
+    sha256: str
+
+
+@dataclass(frozen=True, eq=False)
+class Checkpoint:
+    """The commits 1..seq and the compacted processed and registry tables as of commit seq."""
+
+    key: str
+    seq: int
+    commits: list[Commit]
+    processed: TablePart
+    registry: TablePart
+    registry_after: str  # every registry part up to this key (inclusive) is in the compacted registry
+    registry_covered: frozenset[str]  # and these parts after it
+
+    @cached_property
+    def tags_and_parts(self) -> tuple[dict[str, Commit], dict[str, Commit]]:
+        """Its commits by tag and by part (what the commits after it must not repeat)."""
+        tags = {c.tag: c for c in self.commits}
+        files = {p: c for c in self.commits for p in (c.samples_file, c.processed_file)}
+        return tags, files
+
+
+def parse_checkpoint(key: str, data: bytes) -> Checkpoint:
+    """A checkpoint, or a one-line reason (ValueError) why it is not one."""
+    match = _CHECKPOINT_NAME.match(key.rsplit("/", 1)[-1])
+    if match is None:
+        raise ValueError("is not named <seq>.json (8 digits): not a checkpoint")
+    head, _, body = data.partition(b"\n")
+    try:
+        raw, commits = json.loads(head), json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        raise ValueError("is not valid JSON (a header line, then the commits)") from None
+    try:
+        if raw.get("format", 0) > CHECKPOINT_FORMAT:
+            raise ValueError("was written by a newer datapool_pipeline (upgrade)")
+        seq = int(raw["seq"])
+        if sha256(body) != raw["commits_sha256"] or not isinstance(commits, list):
+            raise ValueError("does not match the sha256 it records for its commits: changed or truncated")
+        # The commits were validated manifests when the checkpoint was written, and its checksum
+        # matches: build them without validating each field again (this loop is the cost of a load).
+        parsed = []
+        for c in commits:
+            if c.keys() != _COMMIT_FIELDS.keys():
+                raise ValueError(f"holds a commit with the fields {sorted(c)}")
+            commit = object.__new__(Commit)
+            commit.__dict__.update(c)
+            parsed.append(commit)
+        parts = {}
+        for name in ("processed", "registry"):
+            part = TablePart(str(raw[name]["key"]), int(raw[name]["rows"]), str(raw[name]["sha256"]))
+            if not part.key.startswith(COMPACTED) or not is_safe_key(part.key):
+                raise ValueError(f"names {part.key!r}, not a part under {COMPACTED}")
+            parts[name] = part
+        after = str(raw["registry"]["after"])
+        covered = frozenset(str(k) for k in raw["registry"]["covered"])
+    except (KeyError, TypeError, AttributeError) as exc:
+        raise ValueError(f"is not a checkpoint (bad or missing {exc})") from None
+    if not parsed or [c.seq for c in parsed[:1]] + [parsed[-1].seq] != [1, len(parsed)]:
+        raise ValueError("does not hold the commits 1..seq")
+    if seq != int(match.group(1)) or not parsed or parsed[-1].seq != seq:
+        raise ValueError(f"holds commits up to #{parsed[-1].seq if parsed else 0} but is named {match.group(0)}")
+    return Checkpoint(key, seq, parsed, parts["processed"], parts["registry"], after, covered)
+
+
 def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
@@ -144,15 +249,22 @@ class _NewerFormat(ValueError):
     pass
 
 
-def chain_problems(commits: list[Commit]) -> list[tuple[Commit, str, str]]:
+def chain_problems(
+    commits: list[Commit], *, tags: dict[str, Commit] | None = None, files: dict[str, Commit] | None = None
+) -> list[tuple[Commit, str, str]]:
     """What is wrong with a chain of parsed manifests (sorted by seq): (the commit it is found at, a
     code: gap, part, tag or size, a one-line reason). A gap is reported at the commit after it, with a
-    reason about the first missing manifest."""
+    reason about the first missing manifest. With `tags` and `files` (of the sound chain before
+    `commits`, whose first commit is then its last), only what follows is checked."""
     problems: list[tuple[Commit, str, str]] = []
-    files: dict[str, Commit] = {}
-    tags: dict[str, Commit] = {}
+    files = dict(files or {})
+    tags = dict(tags or {})
     size = 0
     expected = 1
+    if commits and tags:
+        first = commits[0]
+        expected, size = first.seq + 1, first.datapool_size
+        commits = commits[1:]
     for commit in commits:
         if commit.seq != expected:
             missing = f" (and the {commit.seq - expected - 1} after it)" if commit.seq - expected > 1 else ""
@@ -191,9 +303,14 @@ def chain_problems(commits: list[Commit]) -> list[tuple[Commit, str, str]]:
 class DatapoolState:
     """The committed datapool as of one head commit (tables are read lazily, once)."""
 
-    def __init__(self, store: DatapoolStore, commits: list[Commit]) -> None:
+    def __init__(self, store: DatapoolStore, commits: list[Commit], checkpoint: Checkpoint | None = None) -> None:
         self.store = store
         self.commits = commits
+        self.checkpoint = checkpoint  # the checkpoint this state was loaded from (None: the whole chain)
+
+    @property
+    def checkpoint_seq(self) -> int:
+        return self.checkpoint.seq if self.checkpoint else 0
 
     @property
     def head_seq(self) -> int:
@@ -217,7 +334,16 @@ class DatapoolState:
 
     @cached_property
     def processed(self) -> pl.DataFrame:
-        parts = [self.store.read_processed(c) for c in self.commits]
+        parts: list[pl.DataFrame] | None = None
+        if self.checkpoint is not None:
+            try:
+                base = self.store.read_checkpoint_part(self.checkpoint, "processed")
+            except DamagedStateError:
+                base = None  # fall back to every commit's part
+            if base is not None:
+                parts = [base, *(self.store.read_processed(c) for c in self.commits[self.checkpoint.seq :])]
+        if parts is None:
+            parts = [self.store.read_processed(c) for c in self.commits]
         if not parts:
             return tables.empty(tables.PROCESSED_SCHEMA)
         return pl.concat(parts, how="vertical").unique(subset=["raw_key", "raw_version"], keep="last")
@@ -241,6 +367,9 @@ class DatapoolState:
 class DatapoolStore:
     def __init__(self, storage: Storage) -> None:
         self.storage = storage
+        self._checkpoints: dict[str, Checkpoint] = {}  # parsed checkpoint JSONs (immutable once written)
+        self._skipped: dict[str, str] = {}
+        self.checkpoint_error: str | None = None  # why the last commit's checkpoint was not written
 
     # ---- ownership -----------------------------------------------------------------------------
 
@@ -312,16 +441,102 @@ class DatapoolStore:
 
     def load_commits(self) -> list[Commit]:
         """The validated chain of commits (DamagedStateError naming the first damaged manifest)."""
+        return self.load_state().commits
+
+    def load_all_manifests(self) -> list[Commit]:
+        """The chain read from every manifest, ignoring checkpoints (what loading did before them)."""
         commits = [
             self.read_manifest(info.key) for info in self.storage.list(f"{ROOT}/commits/") if info.key.endswith(".json")
         ]
         commits.sort(key=lambda c: c.seq)
+        self._raise_chain_problems(commits)
+        return commits
+
+    def _raise_chain_problems(self, commits: list[Commit]) -> None:
         for commit, code, problem in chain_problems(commits)[:1]:
             if code == "gap":
                 previous = max([c.seq for c in commits if c.seq < commit.seq], default=0)
                 raise self.damaged(_commit_key(previous + 1), problem)
             raise self.damaged(_commit_key(commit.seq), problem)
-        return commits
+
+    # ---- checkpoints ---------------------------------------------------------------------------
+
+    def checkpoint_keys(self) -> list[tuple[int, str]]:
+        """(seq, key) of the checkpoint JSONs, newest first (a handful: older ones are pruned)."""
+        found = []
+        for info in self.storage.list(CHECKPOINTS):
+            match = _CHECKPOINT_NAME.match(info.key[len(CHECKPOINTS) :])
+            if match is not None:
+                found.append((int(match.group(1)), info.key))
+        return sorted(found, reverse=True)
+
+    def read_checkpoint(self, key: str) -> Checkpoint:
+        """A checkpoint JSON, parsed and verified on its own (ValueError with a one-line reason)."""
+        cached = self._checkpoints.get(key)
+        if cached is not None:
+            return cached
+        try:
+            data = self.storage.read_bytes(key)
+        except FileNotFoundError:
+            raise ValueError("disappeared while it was read") from None
+        checkpoint = parse_checkpoint(key, data)
+        self._checkpoints[key] = checkpoint
+        return checkpoint
+
+    def read_checkpoint_part(self, checkpoint: Checkpoint, name: str) -> pl.DataFrame:
+        part: TablePart = getattr(checkpoint, name)
+        schema = tables.PROCESSED_SCHEMA if name == "processed" else tables.REGISTRY_SCHEMA
+        whose = f"(the compacted {name} table of checkpoint #{checkpoint.seq})"
+        try:
+            data = self.storage.read_bytes(part.key)
+        except FileNotFoundError:
+            raise self.damaged(part.key, f"is missing {whose}") from None
+        if sha256(data) != part.sha256:
+            raise self.damaged(part.key, f"does not match the sha256 its checkpoint records {whose}")
+        try:
+            df = tables.from_parquet(data)
+        except Exception:  # noqa: BLE001 - any parser error: not the part that was written
+            raise self.damaged(part.key, f"is not a readable Parquet file {whose}") from None
+        if df.height != part.rows or any(c not in df.columns for c in schema):
+            raise self.damaged(part.key, f"does not hold the rows and columns its checkpoint records {whose}")
+        return df
+
+    def _state_from(self, checkpoint: Checkpoint) -> DatapoolState:
+        """The state from a checkpoint plus the manifests after it; ValueError if the checkpoint does
+        not agree with the manifest of its own seq (dropped or replaced since), DamagedStateError for
+        damage after the checkpoint (as loading without checkpoints reports it)."""
+        newer = [
+            self.read_manifest(info.key)
+            for info in self.storage.list(f"{ROOT}/commits/", start_after=_commit_key(checkpoint.seq - 1))
+            if info.key.endswith(".json")
+        ]
+        newer.sort(key=lambda c: c.seq)
+        if not newer or newer[0] != checkpoint.commits[-1]:
+            raise ValueError(f"does not match commit manifest #{checkpoint.seq} (dropped or replaced since?)")
+        # The chain up to the checkpoint was validated when it was written; check what follows it
+        # (seqs, parts and tags once, sizes adding up) on the checkpoint's last commit and its sets.
+        tags, files = checkpoint.tags_and_parts
+        problems = chain_problems(newer, tags=tags, files=files)
+        for commit, code, problem in problems[:1]:
+            if code == "gap":
+                previous = max([c.seq for c in newer if c.seq < commit.seq])
+                raise self.damaged(_commit_key(previous + 1), problem)
+            raise self.damaged(_commit_key(commit.seq), problem)
+        return DatapoolState(self, [*checkpoint.commits, *newer[1:]], checkpoint)
+
+    def checkpoint_problems(self) -> list[tuple[str, str]]:
+        """(key, reason) of the checkpoints a load skipped since this store was made."""
+        return list(self._skipped.items())
+
+    def load_state(self) -> DatapoolState:
+        """The committed state: from the newest checkpoint that verifies plus the manifests after it,
+        else from the whole chain of manifests."""
+        for _, key in self.checkpoint_keys():
+            try:
+                return self._state_from(self.read_checkpoint(key))
+            except ValueError as exc:
+                self._skipped[key] = str(exc)
+        return DatapoolState(self, self.load_all_manifests())
 
     def read_samples(self, commit: Commit) -> pl.DataFrame:
         return self._read_part(
@@ -362,9 +577,6 @@ class DatapoolStore:
         if "sample_id" in schema and rows and df["tag"].ne(commit.tag).any():
             raise self.damaged(key, f"holds samples of another tag than {commit.tag} {whose}")
         return df
-
-    def load_state(self) -> DatapoolState:
-        return DatapoolState(self, self.load_commits())
 
     def commit(
         self,
@@ -416,7 +628,98 @@ class DatapoolStore:
                 f"another run committed tag #{seq} to {self.storage.uri} first; nothing was committed "
                 "by this run: start a new run to select against the updated datapool"
             )
+        self.checkpoint_error = None
+        if seq - state.checkpoint_seq >= CHECKPOINT_EVERY:
+            # An optimisation on committed state: a failure must not turn the committed tag into an
+            # error (the next commit tries again; loading reads the manifests meanwhile).
+            try:
+                after = DatapoolState(self, [*state.commits, commit], state.checkpoint)
+                if "processed" in state.__dict__:  # already read: add this commit's part to it
+                    after.__dict__["processed"] = pl.concat(
+                        [state.processed, tables.from_parquet(processed_bytes)], how="vertical"
+                    ).unique(subset=["raw_key", "raw_version"], keep="last")
+                self.write_checkpoint(after)
+            except Exception as exc:  # noqa: BLE001
+                self.checkpoint_error = f"{type(exc).__name__}: {exc}"
         return commit
+
+    def write_checkpoint(self, state: DatapoolState) -> Checkpoint | None:
+        """Write the checkpoint of `state`'s head commit: the compacted tables first, then the JSON
+        (put-if-absent, so a crash leaves only unreferenced parts and the previous checkpoints), then
+        prune older checkpoints. None if one exists already for that seq."""
+        from datapool_pipeline.workflow.faults import fault_point
+
+        seq = state.head_seq
+        base = state.checkpoint
+        processed = state.processed
+        registry, read = self._registry(base)
+        if base is not None and base.key in self._skipped:
+            base = None  # its compacted registry was unusable: `read` lists every part
+        listed = sorted({*read, *(base.registry_covered if base else ())})
+        newest = max([*listed, base.registry_after if base else ""])
+        after = base.registry_after if base else ""
+        try:
+            stamp = datetime.strptime(newest[len(REGISTRY) :].split("-", 1)[0], _STAMP)
+            after = max(after, f"{REGISTRY}{(stamp - timedelta(seconds=REGISTRY_WINDOW_S)).strftime(_STAMP)}")
+        except ValueError:
+            pass  # no registry part, or a key not named by append_registry: keep the previous window
+        covered = [k for k in listed if k > after]
+        stem = f"{COMPACTED}{seq:08d}-{uuid.uuid4().hex[:8]}"
+        parts = {}
+        for name, df in (("processed", processed), ("registry", registry)):
+            data = tables.to_parquet(df)
+            key = f"{stem}-{name}.parquet"
+            self.storage.write_bytes(key, data)
+            parts[name] = {"key": key, "rows": df.height, "sha256": sha256(data)}
+            fault_point("mid_checkpoint")
+        commits = json.dumps([asdict(c) for c in state.commits], separators=(",", ":")).encode()
+        header = {
+            "format": CHECKPOINT_FORMAT,
+            "seq": seq,
+            "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "commits_sha256": sha256(commits),
+            "processed": parts["processed"],
+            "registry": {**parts["registry"], "after": after, "covered": covered},
+        }
+        data = json.dumps(header, sort_keys=True).encode() + b"\n" + commits
+        if not self.storage.put_if_absent(checkpoint_key(seq), data):
+            for part in parts.values():
+                self.storage.delete(part["key"])
+            return None
+        checkpoint = parse_checkpoint(checkpoint_key(seq), data)
+        self._checkpoints[checkpoint.key] = checkpoint
+        self.prune_checkpoints()
+        return checkpoint
+
+    def prune_checkpoints(self, keep: int | None = None, min_age_s: float = LEFTOVER_MIN_AGE_S) -> int:
+        """Delete all but the `keep` newest checkpoints, and compacted parts that no kept checkpoint
+        names: those of deleted checkpoints, and those older than `min_age_s` of crashed writes."""
+        keep = CHECKPOINTS_KEPT if keep is None else keep
+        found = self.checkpoint_keys()
+        removed = 0
+        for _, key in found[keep:]:
+            self.storage.delete(key)
+            self._checkpoints.pop(key, None)
+            removed += 1
+        kept = found[:keep]
+        oldest = kept[-1][0] if kept else 0
+        referenced = set()
+        for _, key in kept:
+            try:
+                checkpoint = self.read_checkpoint(key)
+            except ValueError:
+                continue
+            referenced |= {checkpoint.processed.key, checkpoint.registry.key}
+        cutoff = time.time() - min_age_s
+        for info in list(self.storage.list(COMPACTED)):
+            if info.key in referenced:
+                continue
+            name = info.key[len(COMPACTED) :]
+            part_seq = int(name[:8]) if name[:8].isdigit() else oldest
+            if part_seq < oldest or info.mtime < cutoff:
+                self.storage.delete(info.key)
+                removed += 1
+        return removed
 
     def remove_unreferenced_parts(self, commits: list[Commit]) -> int:
         """Delete table parts left by commits that lost a race or crashed before their manifest."""
@@ -446,20 +749,44 @@ class DatapoolStore:
     # ---- shard registry and per-shard caches ---------------------------------------------------
 
     def read_registry(self) -> pl.DataFrame:
-        parts = [
-            tables.from_parquet(self.storage.read_bytes(i.key))
-            for i in self.storage.list(f"{ROOT}/shards/registry/")
-            if i.key.endswith(".parquet")
-        ]
-        if not parts:
-            return tables.empty(tables.REGISTRY_SCHEMA)
-        return pl.concat(parts, how="vertical").unique(subset=["shard_id", "raw_key", "raw_version"])
+        return self._registry()[0]
 
-    def append_registry(self, rows: pl.DataFrame) -> None:
+    def _newest_checkpoint(self) -> Checkpoint | None:
+        for _, key in self.checkpoint_keys():
+            try:
+                return self.read_checkpoint(key)
+            except ValueError as exc:
+                self._skipped[key] = str(exc)
+        return None
+
+    def _registry(self, checkpoint: Checkpoint | None = None) -> tuple[pl.DataFrame, list[str]]:
+        """The registry (one row per shard member) and the keys of the parts read beyond the
+        checkpoint's compacted registry (all parts without a usable checkpoint)."""
+        checkpoint = checkpoint or self._newest_checkpoint()
+        parts: list[pl.DataFrame] = []
+        after, covered = "", frozenset[str]()
+        if checkpoint is not None:
+            try:
+                parts.append(self.read_checkpoint_part(checkpoint, "registry"))
+                after, covered = checkpoint.registry_after, checkpoint.registry_covered
+            except DamagedStateError as exc:
+                self._skipped[checkpoint.key] = f"its compacted registry {exc}"
+        keys = [
+            i.key
+            for i in self.storage.list(REGISTRY, start_after=after)
+            if i.key.endswith(".parquet") and i.key not in covered
+        ]
+        parts += [tables.from_parquet(self.storage.read_bytes(k)) for k in keys]
+        if not parts:
+            return tables.empty(tables.REGISTRY_SCHEMA), keys
+        registry = pl.concat([p.select(list(tables.REGISTRY_SCHEMA)) for p in parts], how="vertical")
+        return registry.unique(subset=["shard_id", "raw_key", "raw_version"], maintain_order=True), keys
+
+    def append_registry(self, rows: pl.DataFrame, now: datetime | None = None) -> None:
         if rows.height == 0:
             return
-        stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
-        key = f"{ROOT}/shards/registry/{stamp}-{uuid.uuid4().hex[:8]}.parquet"
+        stamp = (now or datetime.now(timezone.utc)).strftime(_STAMP)
+        key = f"{REGISTRY}{stamp}-{uuid.uuid4().hex[:8]}.parquet"
         self.storage.write_bytes(key, tables.to_parquet(rows.select(list(tables.REGISTRY_SCHEMA))))
 
     def shard_members(self, shard_ids: list[str]) -> pl.DataFrame:
