@@ -12,7 +12,10 @@ import pytest
 
 from datapool_pipeline_tests.helpers import CliResult, write_datasets_yaml
 
-# Fixtures that start object-store servers (storage/conftest.py): a test that uses one is in the slow tier
+# Object-store servers (moto, gcp-storage-emulator, Azurite) as session fixtures, for every test folder.
+pytest_plugins = ["datapool_pipeline_tests.storage.servers"]
+
+# Fixtures that start object-store servers (storage/servers.py): a test that uses one is in the slow tier
 # whether or not its module says so. (`backend` and `faulty` pick their server at run time, by name.)
 SERVER_FIXTURES = frozenset({"s3_endpoint", "gcs_endpoint", "azurite_url", "s3", "gcs", "azure", "backend", "faulty"})
 

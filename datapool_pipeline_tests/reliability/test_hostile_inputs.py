@@ -23,7 +23,7 @@ from datapool_pipeline.demo import make_video
 from datapool_pipeline.media.ffmpeg_binary import ffmpeg_executable
 from datapool_pipeline.storage import LocalStorage, open_storage
 from datapool_pipeline_tests.helpers import write_datasets_yaml
-from datapool_pipeline_tests.storage.conftest import Backend, s3, s3_endpoint  # noqa: F401 - fixtures by name
+from datapool_pipeline_tests.storage.backends import Backend
 
 # Slow tier: real runs on hostile media, and an S3 server.
 pytestmark = pytest.mark.slow

@@ -18,15 +18,7 @@ from datapool_pipeline.storage.retry import ATTEMPTS_ENV, BASE_ENV
 from datapool_pipeline.storage.secrets import secret_values
 from datapool_pipeline_tests.helpers import add_videos, write_datasets_yaml
 from datapool_pipeline_tests.reliability.fault_proxy import FaultProxy
-from datapool_pipeline_tests.storage.conftest import (  # noqa: F401 - fixtures used by name
-    Backend,
-    azure,
-    azurite_url,
-    gcs,
-    gcs_endpoint,
-    s3,
-    s3_endpoint,
-)
+from datapool_pipeline_tests.storage.backends import Backend
 
 # Slow tier: object-store servers behind a fault-injecting proxy, real runs.
 pytestmark = pytest.mark.slow

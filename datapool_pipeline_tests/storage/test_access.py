@@ -15,7 +15,7 @@ import pytest
 from datapool_pipeline.storage import StorageError, open_storage
 from datapool_pipeline.storage.verify import AccessCheckError, verify_access
 from datapool_pipeline_tests.helpers import add_videos, write_datasets_yaml
-from datapool_pipeline_tests.storage.conftest import (
+from datapool_pipeline_tests.storage.backends import (
     AZURITE_ACCOUNT,
     AZURITE_KEY,
     Backend,

@@ -23,7 +23,7 @@ from datapool_pipeline.assets.resources import (
 from datapool_pipeline.media.video import FrameStream, extract_frames_png
 from datapool_pipeline.storage import Storage, StorageError
 from datapool_pipeline_tests.helpers import add_videos
-from datapool_pipeline_tests.storage.conftest import Backend
+from datapool_pipeline_tests.storage.backends import Backend
 
 # Slow tier: real object-store servers (moto, gcp-storage-emulator, Azurite).
 pytestmark = pytest.mark.slow

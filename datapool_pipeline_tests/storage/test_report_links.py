@@ -10,7 +10,7 @@ import pytest
 
 from datapool_pipeline.assets.metadata import file_entries
 from datapool_pipeline_tests.helpers import add_videos, write_datasets_yaml
-from datapool_pipeline_tests.storage.conftest import Backend
+from datapool_pipeline_tests.storage.backends import Backend
 
 
 def _plain(entries: dict[str, dg.MetadataValue]) -> dict[str, tuple[str, str]]:

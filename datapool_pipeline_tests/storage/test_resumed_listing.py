@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from datapool_pipeline.storage import LocalStorage, Storage, open_storage
-from datapool_pipeline_tests.storage.conftest import Backend
+from datapool_pipeline_tests.storage.backends import Backend, count_list_requests
 
 KEYS = sorted(
     [f"cam{c}/clip_{i:03d}.mp4" for c in range(2) for i in range(12)]
@@ -54,25 +54,6 @@ def test_local_resumed_listing_skips_folders_before_the_key(tmp_path: Path, monk
     assert read == ["", "d19/"]  # the root and the cursor's folder only
 
 
-def _request_counter(backend: Backend, storage: Any) -> list[str]:
-    """Listing requests sent by `storage` from now on (S3: botocore events; Azure: a response hook)."""
-    calls: list[str] = []
-    if backend.name == "s3":
-        storage.client.meta.events.register("before-call.s3.ListObjectsV2", lambda **_: calls.append("list"))
-    elif backend.name == "azure":
-        container = storage.client
-
-        class Counting:
-            def __getattr__(self, name: str) -> Any:
-                return getattr(container, name)
-
-            def list_blobs(self, *args: Any, **kwargs: Any) -> Any:
-                return container.list_blobs(*args, raw_response_hook=lambda _: calls.append("list"), **kwargs)
-
-        storage.__dict__["client"] = Counting()
-    return calls
-
-
 def test_object_store_listing_resumes_after_a_key(backend: Backend) -> None:
     uri = backend.location("root")
     storage = open_storage(uri)
@@ -85,7 +66,7 @@ def test_object_store_listing_resumes_after_a_key(backend: Backend) -> None:
         "cam1/clip_011.mp4", "cam1/sub/deep.mp4"]
 
     # Resuming near the end costs the pages after the key, not the pages before it.
-    calls = _request_counter(backend, storage)
+    calls = count_list_requests(backend, storage)
     if backend.name == "gcs":
         pytest.skip("gcp-storage-emulator ignores startOffset and does not paginate; the keys above are right")
     assert [i.key for i in storage.list(start_after="cam1/sub/deep.mp4")] == ["z/ü.mp4"]

@@ -15,7 +15,7 @@ from datapool_pipeline.datapool import DatapoolStore
 from datapool_pipeline.storage import open_storage
 from datapool_pipeline.storage.secrets import secret_values
 from datapool_pipeline_tests.helpers import add_videos, write_datasets_yaml
-from datapool_pipeline_tests.storage.conftest import AZURITE_ACCOUNT, AZURITE_KEY, Backend, upload_folder
+from datapool_pipeline_tests.storage.backends import AZURITE_ACCOUNT, AZURITE_KEY, Backend, upload_folder
 
 # Slow tier: real object-store servers and real runs.
 pytestmark = pytest.mark.slow

@@ -7,13 +7,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
 
 from datapool_pipeline.datapool import DatapoolStore
 from datapool_pipeline.datasets import load_datasets
 from datapool_pipeline.launch import ScanCursor, ScanResult, scan_new_files
 from datapool_pipeline.storage import Storage, open_storage
-from datapool_pipeline_tests.storage.conftest import Backend
+from datapool_pipeline_tests.storage.backends import Backend, count_list_requests
 
 
 class Sensor:
@@ -105,24 +104,6 @@ def test_a_version_1_cursor_resumes_after_its_key_and_checks_the_keys_before_it(
     assert ScanCursor.parse("not json") == ScanCursor()
 
 
-def _count_lists(backend: Backend, storage: Any) -> list[str]:
-    calls: list[str] = []
-    if backend.name == "s3":
-        storage.client.meta.events.register("before-call.s3.ListObjectsV2", lambda **_: calls.append("list"))
-    elif backend.name == "azure":
-        container = storage.client
-
-        class Counting:
-            def __getattr__(self, name: str) -> Any:
-                return getattr(container, name)
-
-            def list_blobs(self, *args: Any, **kwargs: Any) -> Any:
-                return container.list_blobs(*args, raw_response_hook=lambda _: calls.append("list"), **kwargs)
-
-        storage.__dict__["client"] = Counting()
-    return calls
-
-
 def test_object_store_tick_costs_the_new_keys_not_the_bucket(backend: Backend, tmp_path: Path) -> None:
     uri = backend.location("raw")
     sensor = Sensor(tmp_path, uri, every=2, max_objects=1000)
@@ -131,7 +112,7 @@ def test_object_store_tick_costs_the_new_keys_not_the_bucket(backend: Backend, t
     sensor.input.page_size = 10
     assert sensor.tick()[1] == old and sensor.cursor.passes == 1
 
-    calls = _count_lists(backend, sensor.input)
+    calls = count_list_requests(backend, sensor.input)
     _add(sensor.input, ["clip_0500.mp4", "clip_0501.mp4", "clip_0502.mp4"])
     scan, new = sensor.tick()
     assert new == ["clip_0500.mp4", "clip_0501.mp4", "clip_0502.mp4"] and scan.listed == 3

@@ -25,7 +25,7 @@ from datapool_pipeline.errors import ConfigError
 from datapool_pipeline.storage import StorageError
 from datapool_pipeline.storage.secrets import redact, secret_values
 from datapool_pipeline_tests.helpers import add_videos, write_datasets_yaml
-from datapool_pipeline_tests.storage.conftest import iam_moto_server
+from datapool_pipeline_tests.storage.backends import iam_moto_server
 
 # Slow tier: IAM-enforcing moto servers, Azurite, real runs.
 pytestmark = pytest.mark.slow
@@ -259,7 +259,7 @@ def test_azure_sides_with_their_own_prefixes(azure, monkeypatch: pytest.MonkeyPa
 
     from azure.storage.blob import AccountSasPermissions, ResourceTypes, generate_account_sas
 
-    from datapool_pipeline_tests.storage.conftest import AZURITE_ACCOUNT, AZURITE_KEY
+    from datapool_pipeline_tests.storage.backends import AZURITE_ACCOUNT, AZURITE_KEY
 
     input_uri, output_uri = azure.location("raw"), azure.location("lightly")
     storage_at(input_uri).write_bytes("a.bin", b"abc")  # with the standard variables, before they go
