@@ -363,7 +363,7 @@ class _Checker:
         fix = "--repair deletes it (loads skip it and read the manifests; the next commit writes a new one)"
         by_seq = {m.commit.seq: m for m in self.manifests if m.commit is not None}
         referenced: set[str] = set()
-        keys = self.store.checkpoint_keys()
+        keys = self.store.checkpoint_keys(fresh=True)
         self.result.stats["checkpoints"] = len(keys)
         for seq, key in keys:
             self.store._checkpoints.pop(key, None)  # verify what is stored now, not a cached copy
@@ -489,7 +489,7 @@ class _Checker:
             return None
         self.storage.delete(last.key)
         what = f"dropped the damaged last commit #{last.seq}"
-        for seq, key in self.store.checkpoint_keys():  # they hold the dropped commit
+        for seq, key in self.store.checkpoint_keys(fresh=True):  # they hold the dropped commit
             if seq >= (last.seq or 0):
                 try:
                     checkpoint: Checkpoint | None = self.store.read_checkpoint(key)

@@ -72,6 +72,8 @@ CHECKPOINTS_KEPT = 2
 # that point it holds; loading lists the registry from there. A registry write that took longer than
 # this, or writers' clocks further apart, would be missed (LEFTOVER_MIN_AGE_S makes the same bet).
 REGISTRY_WINDOW_S = 3600.0
+# How long a store reuses its listing of checkpoints/ (see DatapoolStore.checkpoint_keys).
+CHECKPOINT_LISTING_TTL_S = 30.0
 CHECKPOINT_FORMAT = 1
 
 
@@ -370,6 +372,7 @@ class DatapoolStore:
         self._checkpoints: dict[str, Checkpoint] = {}  # parsed checkpoint JSONs (immutable once written)
         self._skipped: dict[str, str] = {}
         self.checkpoint_error: str | None = None  # why the last commit's checkpoint was not written
+        self._listed: tuple[float, list[tuple[int, str]]] | None = None  # (when, checkpoint_keys())
 
     # ---- ownership -----------------------------------------------------------------------------
 
@@ -461,14 +464,22 @@ class DatapoolStore:
 
     # ---- checkpoints ---------------------------------------------------------------------------
 
-    def checkpoint_keys(self) -> list[tuple[int, str]]:
-        """(seq, key) of the checkpoint JSONs, newest first (a handful: older ones are pruned)."""
+    def checkpoint_keys(self, fresh: bool = False) -> list[tuple[int, str]]:
+        """(seq, key) of the checkpoint JSONs, newest first (a handful: older ones are pruned).
+
+        Unless `fresh`, a listing younger than CHECKPOINT_LISTING_TTL_S is reused (run start and a
+        sensor tick load the state and the registry: one listing, not two). A stale listing is never
+        wrong, only slower: a load checks the checkpoint against the manifest of its seq and lists the
+        manifests after it afresh, and skips a checkpoint that disappeared."""
+        if not fresh and self._listed is not None and time.monotonic() - self._listed[0] < CHECKPOINT_LISTING_TTL_S:
+            return self._listed[1]
         found = []
         for info in self.storage.list(CHECKPOINTS):
             match = _CHECKPOINT_NAME.match(info.key[len(CHECKPOINTS) :])
             if match is not None:
                 found.append((int(match.group(1)), info.key))
-        return sorted(found, reverse=True)
+        self._listed = (time.monotonic(), sorted(found, reverse=True))
+        return self._listed[1]
 
     def read_checkpoint(self, key: str) -> Checkpoint:
         """A checkpoint JSON, parsed and verified on its own (ValueError with a one-line reason)."""
@@ -688,14 +699,14 @@ class DatapoolStore:
             return None
         checkpoint = parse_checkpoint(checkpoint_key(seq), data)
         self._checkpoints[checkpoint.key] = checkpoint
-        self.prune_checkpoints()
+        self.prune_checkpoints()  # lists afresh: the next load of this store finds the new checkpoint
         return checkpoint
 
     def prune_checkpoints(self, keep: int | None = None, min_age_s: float = LEFTOVER_MIN_AGE_S) -> int:
         """Delete all but the `keep` newest checkpoints, and compacted parts that no kept checkpoint
         names: those of deleted checkpoints, and those older than `min_age_s` of crashed writes."""
         keep = CHECKPOINTS_KEPT if keep is None else keep
-        found = self.checkpoint_keys()
+        found = self.checkpoint_keys(fresh=True)
         removed = 0
         for _, key in found[keep:]:
             self.storage.delete(key)

@@ -95,6 +95,7 @@ def test_loads_from_checkpoint_equal_the_whole_chain_and_read_a_bounded_number_o
     assert manifests == ["datapool/commits/00000012.json"], counting.reads
     assert ("datapool/commits/", "datapool/commits/00000011.json") in counting.lists
     assert not any(k.startswith("datapool/processed/") for k in counting.reads)
+    assert [p for p, _ in counting.lists].count(store_module.CHECKPOINTS) == 1  # state and registry: one listing
 
 
 def test_registry_parts_after_a_checkpoint_are_read_and_old_ones_are_not(tmp_path: Path) -> None:
