@@ -41,18 +41,73 @@ class WorkerConfig(StrictModel):
         return value
 
 
+# Built-in metadata keys (computed per sample in the embedding pass; see selection/metadata.py).
+BUILTIN_METADATA_KEYS = ("brightness", "contrast", "sharpness", "timestamp", "duration", "width", "height", "file_size")
+METADATA_STRATEGY_TYPES = ("WEIGHTS", "THRESHOLD")
+
+
+def _check_metadata_key(kind: str, key: str | None) -> None:
+    allowed = ", ".join(BUILTIN_METADATA_KEYS)
+    if kind == "METADATA" and key is None:
+        raise ValueError(f"key: METADATA needs a key, one of the built-in keys {allowed}")
+    if kind == "METADATA" and key not in BUILTIN_METADATA_KEYS:
+        raise ValueError(f"key: {key!r} is not a built-in metadata key; use one of {allowed}")
+    if kind != "METADATA" and key is not None:
+        raise ValueError(f"key: only a METADATA input takes a key, not {kind}")
+
+
 class StrategyInput(StrictModel):
-    type: Literal["EMBEDDINGS"] = Field(default="EMBEDDINGS", description="What the strategy looks at: EMBEDDINGS.")
+    type: Literal["EMBEDDINGS", "METADATA"] = Field(
+        default="EMBEDDINGS",
+        description="What the strategy looks at: EMBEDDINGS, or METADATA (a built-in per-sample value named "
+        "by key; for WEIGHTS and THRESHOLD).",
+    )
+    key: str | None = Field(
+        default=None,
+        description="METADATA only: the built-in key: " + ", ".join(BUILTIN_METADATA_KEYS) + ".",
+    )
+
+    @model_validator(mode="after")
+    def _metadata_key(self) -> StrategyInput:
+        _check_metadata_key(self.type, self.key)
+        return self
+    text: tuple[str, ...] | None = Field(
+        default=None,
+        strict=False,  # a YAML/JSON list becomes the tuple
+        description="SIMILARITY only: text prompts, encoded by the dataset's open_clip text tower (e.g. "
+        "'a dark street at night'). Exactly one of text / keys.",
+    )
+    keys: tuple[str, ...] | None = Field(
+        default=None,
+        strict=False,
+        description="SIMILARITY only: keys of query images in the input datasource, embedded like any image. "
+        "Exactly one of text / keys.",
+    )
+
+    @field_validator("text", "keys")
+    @classmethod
+    def _non_empty_queries(cls, values: tuple[str, ...] | None, info: Any) -> tuple[str, ...] | None:
+        if values is None:
+            return values
+        if not values:
+            raise ValueError(f"give at least one query, or leave {info.field_name} out")
+        for i, value in enumerate(values):
+            if not isinstance(value, str) or not value.strip():
+                raise ValueError(f"[{i}]: must be a non-empty string, got {value!r}")
+        return values
 
 
-STRATEGY_TYPES = ("DIVERSITY", "TYPICALITY")
+STRATEGY_TYPES = ("DIVERSITY", "TYPICALITY", "SIMILARITY")
 
 
 class Strategy(StrictModel):
-    type: Literal["DIVERSITY", "TYPICALITY"] = Field(
+    type: Literal["DIVERSITY", "TYPICALITY", "SIMILARITY", "WEIGHTS", "THRESHOLD"] = Field(
         default="DIVERSITY",
         description="DIVERSITY: greedy k-center given the datapool (required, exactly once: it drives the "
-        "greedy selection). TYPICALITY: prefer samples in dense regions of the new data (avoids outliers).",
+        "greedy selection). TYPICALITY: prefer samples in dense regions of the new data (avoids outliers). "
+        "SIMILARITY: prefer samples close to query embeddings (input.text prompts or input.keys images). "
+        "WEIGHTS (METADATA input): prefer samples with high values of the key. THRESHOLD (METADATA input): keep "
+        "only samples whose value passes threshold/operation.",
     )
     stopping_condition_minimum_distance: float | None = Field(
         default=None,
@@ -66,6 +121,27 @@ class Strategy(StrictModel):
         description="Weight of this strategy's normalised objective in the combined greedy score.",
     )
 
+    threshold: float | None = Field(
+        default=None,
+        description="THRESHOLD only (required): the value the METADATA key is compared with.",
+    )
+    operation: Literal["BIGGER", "BIGGER_EQUAL", "SMALLER", "SMALLER_EQUAL"] | None = Field(
+        default=None,
+        description="THRESHOLD only (required): keep samples whose value is BIGGER, BIGGER_EQUAL, SMALLER or "
+        "SMALLER_EQUAL than threshold.",
+    )
+
+    @model_validator(mode="after")
+    def _threshold_settings(self) -> Strategy:
+        for name in ("threshold", "operation"):
+            value = getattr(self, name)
+            if self.type == "THRESHOLD" and value is None:
+                hint = "BIGGER, BIGGER_EQUAL, SMALLER or SMALLER_EQUAL" if name == "operation" else "a number"
+                raise ValueError(f"{name}: THRESHOLD needs {name} ({hint})")
+            if self.type != "THRESHOLD" and value is not None:
+                raise ValueError(f"{name}: only THRESHOLD takes it, not {self.type}")
+        return self
+
     @model_validator(mode="after")
     def _minimum_distance_is_for_diversity(self) -> Strategy:
         if self.type != "DIVERSITY" and self.stopping_condition_minimum_distance is not None:
@@ -78,6 +154,30 @@ class Strategy(StrictModel):
 class StrategyEntry(StrictModel):
     input: StrategyInput = Field(default=StrategyInput(), description="The strategy's input.")
     strategy: Strategy = Field(default=Strategy(), description="The strategy and its settings.")
+
+    @model_validator(mode="after")
+    def _metadata_input_fits(self) -> StrategyEntry:
+        kind, given = self.strategy.type, self.input.type
+        if kind in METADATA_STRATEGY_TYPES and given != "METADATA":
+            raise ValueError(f"input.type: {kind} needs a METADATA input with a key, not {given}")
+        if given == "METADATA" and kind not in METADATA_STRATEGY_TYPES:
+            raise ValueError(
+                f"input.type: METADATA is an input of {' and '.join(METADATA_STRATEGY_TYPES)}, not of {kind}"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _similarity_queries(self) -> StrategyEntry:
+        given = [name for name in ("text", "keys") if getattr(self.input, name) is not None]
+        if self.strategy.type != "SIMILARITY":
+            if given:
+                raise ValueError(f"input.{given[0]}: only SIMILARITY takes queries, not {self.strategy.type}")
+            return self
+        if not given:
+            raise ValueError("input: SIMILARITY needs queries: set input.text (prompts) or input.keys (query images)")
+        if len(given) > 1:
+            raise ValueError("input.keys: set exactly one of input.text / input.keys, not both")
+        return self
 
 
 DEFAULT_STRATEGIES = (StrategyEntry(),)
@@ -101,8 +201,43 @@ class SelectionConfig(StrictModel):
         min_length=1,
         strict=False,  # a YAML/JSON list becomes the tuple; each entry is still validated strictly
         description="Selection strategies, each {input, strategy}: EMBEDDINGS + DIVERSITY (required, once), "
-        "optionally EMBEDDINGS + TYPICALITY.",
+        "optionally EMBEDDINGS + TYPICALITY, METADATA (key) + WEIGHTS, METADATA (key) + THRESHOLD, "
+        "EMBEDDINGS (text or keys) + SIMILARITY.",
     )
+    relevant_filenames: tuple[str, ...] | None = Field(
+        default=None,
+        strict=False,
+        description="Only these raw file keys (of the input datasource) are candidates of the run; other new "
+        "files stay unprocessed for later runs.",
+    )
+    relevant_filenames_file: str | None = Field(
+        default=None,
+        description="Key of a text file in the input datasource listing the relevant raw file keys, one a "
+        "line (like the vendor's relevant filenames file); restricts the run's candidates like "
+        "relevant_filenames.",
+    )
+
+    @field_validator("relevant_filenames")
+    @classmethod
+    def _relevant_non_empty(cls, keys: tuple[str, ...] | None) -> tuple[str, ...] | None:
+        if keys is not None:
+            if not keys:
+                raise ValueError("give at least one raw file key, or leave relevant_filenames out")
+            for i, key in enumerate(keys):
+                if not key.strip():
+                    raise ValueError(f"[{i}]: must be a non-empty key")
+        return keys
+
+    @field_validator("relevant_filenames_file")
+    @classmethod
+    def _relevant_file_named(cls, key: str | None) -> str | None:
+        if key is not None and not key.strip():
+            raise ValueError("must be the key of a file in the input datasource")
+        return key
+
+    def strategy_entry(self, kind: str) -> StrategyEntry | None:
+        """The entry (input and settings) of this strategy type, or None when it is not configured."""
+        return next((e for e in self.strategies if e.strategy.type == kind), None)
 
     @field_validator("strategies")
     @classmethod
@@ -110,6 +245,8 @@ class SelectionConfig(StrictModel):
         seen: dict[str, int] = {}
         for i, entry in enumerate(entries):
             kind = entry.strategy.type
+            if kind in METADATA_STRATEGY_TYPES:
+                kind = f"{kind} on key {entry.input.key}"  # one per key: THRESHOLD on two keys is fine
             if kind in seen:
                 raise ValueError(
                     f"[{i}].strategy.type: {kind} is given twice (also strategies[{seen[kind]}]); keep one"
@@ -121,6 +258,10 @@ class SelectionConfig(StrictModel):
                 "greedy selection and is required"
             )
         return entries
+
+    def metadata_entries(self, kind: str) -> list[StrategyEntry]:
+        """The entries of a METADATA strategy type (WEIGHTS or THRESHOLD), in config order."""
+        return [e for e in self.strategies if e.strategy.type == kind]
 
     def strategy(self, kind: str) -> Strategy | None:
         """The settings of the entry of this strategy type, or None when it is not configured."""

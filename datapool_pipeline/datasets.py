@@ -91,6 +91,28 @@ class VideoSpec(StrictModel):
         return {"fps": self.fps, "skip_duplicates": self.skip_duplicates, "scene_threshold": self.scene_threshold}
 
 
+class FilterSpec(StrictModel):
+    """Degenerate-frame filter: drop black or blurred samples before selection, by the built-in metadata
+    the embedding pass computes on the model-size frame (see docs/configuration.md)."""
+
+    drop_black: bool = Field(default=False, description="Drop samples whose brightness (mean luma 0..255) is at "
+                             "most black_max_brightness.")
+    black_max_brightness: float = Field(default=10.0, ge=0, le=255,
+                                        description="drop_black: the largest brightness that counts as black.")
+    drop_blurred: bool = Field(default=False, description="Drop samples whose sharpness (variance of the "
+                               "Laplacian of luma, on the model-size frame) is at most blurred_max_sharpness.")
+    blurred_max_sharpness: float = Field(
+        default=20.0,
+        ge=0,
+        description="drop_blurred: the largest sharpness that counts as blurred (or flat). Measured at 224x224: "
+        "sharp test images about 350, the same blurred (gaussian sigma 8 at 720p) under 10.",
+    )
+
+    @property
+    def enabled(self) -> bool:
+        return self.drop_black or self.drop_blurred
+
+
 class ImageSpec(StrictModel):
     """Image decoding limits for IMAGES datasets."""
 
@@ -102,6 +124,8 @@ class ImageSpec(StrictModel):
     )
 
 
+DEFAULT_VIDEOS_PER_SHARD = 32
+DEFAULT_MAX_SHARD_MEGABYTES = 4096
 DEFAULT_FULL_LISTING_EVERY_TICKS = 60
 """About an hour at the default 60 s sensor interval."""
 DEFAULT_SENSOR_WORKER_CONFIG = WorkerConfig(use_datapool=True)
@@ -129,6 +153,14 @@ class SensorSpec(StrictModel):
         description="Incremental ticks between two full passes over the input. A tick lists only the keys after "
         "the greatest key seen; a full pass (max_objects_per_tick per tick) finds keys written out of order and "
         "overwritten files.",
+    )
+    shard_wait_seconds: int = Field(
+        default=0,
+        ge=0,
+        description="Seconds the sensor may hold back new files that do not fill a shard (videos_per_shard, "
+        "images_per_shard), waiting for more, kept in its cursor; 0: every tick's new files are requested at once. "
+        "For a bucket that receives a file or two per tick, e.g. 900 keeps the partitions near one per 15 minutes "
+        "instead of one per tick.",
     )
     worker_config: WorkerConfig = Field(
         default=DEFAULT_SENSOR_WORKER_CONFIG, description="The requested runs' worker_config (use_datapool)."
@@ -223,7 +255,25 @@ class DatasetSpec(StrictModel):
     )
     embedding: EmbeddingSpec = Field(default=EmbeddingSpec(), description="The embedding model.")
     video: VideoSpec = Field(default=VideoSpec(), description="Frame extraction of VIDEOS datasets.")
+    filters: FilterSpec = Field(
+        default=FilterSpec(), description="Degenerate-frame filter (drop_black, drop_blurred) before selection."
+    )
     images_per_shard: int = Field(default=256, ge=1, description="Images per partition of IMAGES datasets.")
+    videos_per_shard: int = Field(
+        default=DEFAULT_VIDEOS_PER_SHARD,
+        ge=1,
+        description="Videos per partition (shard) of VIDEOS datasets, at most: 10^6 videos make ~3*10^4 partitions "
+        "at 32, under Dagster's 10^5. A run's new videos fill shards in key order and the last shard takes what "
+        "is left, so 3 new videos make one shard of 3. Applies to newly found videos; shards registered before "
+        "keep their videos.",
+    )
+    max_shard_megabytes: int = Field(
+        default=DEFAULT_MAX_SHARD_MEGABYTES,
+        ge=1,
+        description="Total size (MB, 2^20 bytes) of a VIDEOS shard's files, at most (a stand-in for their duration, "
+        "which is unknown before decoding): a shard closes at videos_per_shard or at this size, whichever comes "
+        "first; a larger video is a shard of its own.",
+    )
     seed: int = Field(default=0, description="Seed of the selection's tie-breaking and projections.")
     bypass_verify: bool = Field(
         default=False, description="Skip the run-start check that the input is readable and the output writable."

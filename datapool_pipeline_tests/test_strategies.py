@@ -122,7 +122,7 @@ def test_typicality_scores_exact_and_hnswlib_agree(monkeypatch: pytest.MonkeyPat
 @pytest.mark.parametrize(
     ("strategy_list", "message"),
     [
-        ([{"strategy": {"type": "DIVERSITY"}}, {"input": {"type": "EMBEDDINGS"}, "strategy": {"type": "SIMILARITY"}}],
+        ([{"strategy": {"type": "DIVERSITY"}}, {"input": {"type": "EMBEDDINGS"}, "strategy": {"type": "BALANCE"}}],
          "selection_config.strategies[1].strategy.type: must be one of DIVERSITY, TYPICALITY"),
         ([{"strategy": {"type": "TYPICALITY"}}], "selection_config.strategies: add an entry"),
         ([{"strategy": {"type": "DIVERSITY"}}, {"strategy": {"type": "DIVERSITY"}}],
@@ -134,8 +134,11 @@ def test_typicality_scores_exact_and_hnswlib_agree(monkeypatch: pytest.MonkeyPat
         ([{"strategy": {"type": "DIVERSITY"}},
           {"strategy": {"type": "TYPICALITY", "stopping_condition_minimum_distance": 0.2}}],
          "selection_config.strategies[1].strategy.stopping_condition_minimum_distance: only DIVERSITY"),
-        ([{"input": {"type": "METADATA"}, "strategy": {"type": "DIVERSITY"}}],
-         "selection_config.strategies[0].input.type: must be one of EMBEDDINGS"),
+        ([{"input": {"type": "METADATA", "key": "brightness"}, "strategy": {"type": "DIVERSITY"}}],
+         "selection_config.strategies[0].input.type: METADATA is an input of WEIGHTS and THRESHOLD, not of "
+         "DIVERSITY"),
+        ([{"input": {"type": "SCORES"}, "strategy": {"type": "DIVERSITY"}}],
+         "selection_config.strategies[0].input.type: must be one of EMBEDDINGS, METADATA"),
     ],
 )
 def test_wrong_strategy_configs_name_the_field(strategy_list: list, message: str) -> None:

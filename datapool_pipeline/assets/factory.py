@@ -32,6 +32,7 @@ from datapool_pipeline.workflow.commit import commit_staged
 from datapool_pipeline.workflow.discovery import RunPlan, check_use_datapool, plan_run
 from datapool_pipeline.workflow.embeddings import embed_shard
 from datapool_pipeline.workflow.frames import extract_shard_frames
+from datapool_pipeline.workflow.relevant import restrict_to_relevant
 from datapool_pipeline.workflow.selection import select_for_run
 
 
@@ -108,6 +109,7 @@ def build_dataset_assets(spec: DatasetSpec) -> DatasetAssets:
         else:
             shards = run_shard_keys(context, partitions.name or "")
         plan = plan_run(spec, store, input_storage, shards, process_all=run_config.process_all, log=context.log.info)
+        plan = restrict_to_relevant(plan, run_config.selection_config, input_storage, log=context.log.info)
         context.add_output_metadata(
             {
                 "files_to_process": plan.candidates.height,
@@ -222,16 +224,19 @@ def build_dataset_assets(spec: DatasetSpec) -> DatasetAssets:
         record = context.instance.get_run_record_by_id(context.run.run_id)
         started = record.create_timestamp if record else None
         dim = _embedding_dim(store, plan, spec)
+        run_config = parse_run_config(raw_files["config"])
+        selection_config = run_config.selection_config
         summary = select_for_run(
             spec,
             store,
             plan,
-            parse_run_config(raw_files["config"]),
+            run_config,
             staging_id=context.run.run_id,
             started_at=started or _now(),
             fingerprint=spec.embedding.fingerprint,
             dim=dim,
             log=context.log.info,
+            input_storage=input_storage,
         )
         context.add_output_metadata(
             {
@@ -242,6 +247,10 @@ def build_dataset_assets(spec: DatasetSpec) -> DatasetAssets:
                 "datapool_before": summary.datapool_before,
                 "requested": summary.requested,
                 "stop_reason": summary.stop_reason,
+                **_similarity_metadata(summary.similarity),
+                **({"threshold_removed": summary.threshold_removed}
+                   if any(e.strategy.type == "THRESHOLD" for e in selection_config.strategies) else {}),
+                **({f"filtered_{reason}": n for reason, n in summary.filtered.items()} if summary.filtered else {}),
                 "dagster/row_count": summary.selected,
             }
         )
@@ -352,6 +361,20 @@ def build_dataset_assets(spec: DatasetSpec) -> DatasetAssets:
         spec, partitions, assets, job, raw_files_op=names.raw_files_op_name(spec),
         resources={io_key: datapool_io_manager(store.storage)},
     )
+
+
+def _similarity_metadata(similarity: dict[str, Any] | None) -> dict[str, Any]:
+    """SIMILARITY in short: the picks' cosine similarity to the queries against all new samples'."""
+    if similarity is None:
+        return {}
+    short = {
+        "similarity_queries": f"{similarity['queries']} {similarity['query']}",
+        "similarity_picks_mean": similarity["picks_mean"],
+        "similarity_picks_min": similarity["picks_min"],
+        "similarity_picks_max": similarity["picks_max"],
+        "similarity_candidates_mean": similarity["candidates_mean"],
+    }
+    return {name: value for name, value in short.items() if value is not None}
 
 
 def _embedding_dim(store: DatapoolStore, plan: RunPlan, spec: DatasetSpec) -> int:

@@ -8,7 +8,11 @@ candidate each step). With TYPICALITY, each step picks the candidate with the be
 
 where d is the distance to the nearest datapool-or-picked sample (normalised over the remaining
 candidates, so it stays datapool-aware) and typicality is the kNN density of the new data normalised to
-[0, 1] (1: the densest candidate). `stopping_condition_minimum_distance` ends the selection once the
+[0, 1] (1: the densest candidate). SIMILARITY adds `strength_similarity * similarity` the same way: each
+candidate's maximum cosine similarity to the query embeddings (text prompts or query images), normalised
+over the candidates to [0, 1]. WEIGHTS (METADATA input) adds `strength * value` of a built-in metadata
+key min-max normalised to [0, 1] (selection/metadata.py weights_bonus, passed in as `metadata_bonus`);
+THRESHOLD filters the candidates before they get here. `stopping_condition_minimum_distance` ends the selection once the
 next pick would be closer than it to the datapool and the earlier picks. For DIVERSITY alone the next
 pick is the farthest remaining candidate, and its distance never grows from one pick to the next. With
 TYPICALITY the next pick is the best-scoring candidate: the farthest one is then usually an outlier that
@@ -84,11 +88,28 @@ def typicality_scores(candidates: np.ndarray, neighbours: int = TYPICALITY_NEIGH
     return (mean_dist.max() - mean_dist) / spread
 
 
+def similarity_scores(candidates: np.ndarray, queries: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """SIMILARITY: each candidate's maximum cosine similarity to the query embeddings (unit vectors), raw
+    (-1..1) and normalised over the candidates to [0, 1] (1: the most similar candidate; all 1 when equal)."""
+    x = np.ascontiguousarray(candidates, np.float32)
+    q = np.ascontiguousarray(queries, np.float32).reshape(-1, x.shape[1] if x.ndim == 2 else 0)
+    if len(x) == 0 or len(q) == 0:
+        return np.zeros(len(x), np.float64), np.zeros(len(x), np.float64)
+    raw = np.empty(len(x), np.float64)
+    for start in range(0, len(x), _BLOCK_ROWS * 16):
+        raw[start : start + _BLOCK_ROWS * 16] = (x[start : start + _BLOCK_ROWS * 16] @ q.T).max(axis=1)
+    spread = raw.max() - raw.min()
+    normalised = (raw - raw.min()) / spread if spread > 0 else np.ones(len(x), np.float64)
+    return raw, normalised
+
+
 def select(
     candidates: np.ndarray,
     k: int,
     selection: SelectionConfig,
     *,
+    similarity: np.ndarray | None = None,
+    metadata_bonus: np.ndarray | None = None,
     pool: np.ndarray | None = None,
     pool_index: Any = None,
     exact_max_pairs: int = kcenter.EXACT_SEEDING_MAX_PAIRS,
@@ -103,7 +124,12 @@ def select(
     diversity = selection.strategy("DIVERSITY")
     assert diversity is not None, "the run config requires DIVERSITY"
     typicality = selection.strategy("TYPICALITY")
-    if typicality is None:
+    similar = selection.strategy("SIMILARITY")
+    if similar is not None and similarity is None:
+        raise ValueError("SIMILARITY is configured: pass the candidates' normalised similarity scores")
+    if metadata_bonus is None and selection.metadata_entries("WEIGHTS"):
+        raise ValueError("WEIGHTS is configured: pass metadata_bonus (selection.metadata.weights_bonus)")
+    if typicality is None and similar is None and metadata_bonus is None:
         return _diversity_only(candidates, k, diversity, pool=pool, pool_index=pool_index,
                                exact_max_pairs=exact_max_pairs, seed=seed, preselected=preselected)
     x = np.ascontiguousarray(candidates, np.float32)
@@ -114,10 +140,22 @@ def select(
         pool_sq = kcenter.nearest_pool_distance(x, pool if pool is not None else empty,
                                                 exact_max_pairs=exact_max_pairs)
     return weighted_greedy(
-        x, k, pool_sq, typicality_scores(x),
-        diversity_strength=diversity.strength, typicality_strength=typicality.strength,
+        x, k, pool_sq, typicality_scores(x) if typicality is not None else np.zeros(len(x)),
+        diversity_strength=diversity.strength,
+        typicality_strength=typicality.strength if typicality is not None else 0.0,
         minimum_distance=diversity.stopping_condition_minimum_distance, preselected=preselected,
+        bonus=_add_bonus(
+            similar.strength * np.asarray(similarity, np.float64) if similar is not None else None, metadata_bonus
+        ),
     )
+
+
+def _add_bonus(bonus: np.ndarray | None, metadata_bonus: np.ndarray | None) -> np.ndarray | None:
+    """The per-candidate score terms beyond diversity and typicality, summed (None when there are none)."""
+    if metadata_bonus is None:
+        return bonus
+    extra = np.asarray(metadata_bonus, np.float64)
+    return extra if bonus is None else bonus + extra
 
 
 def _diversity_only(
@@ -149,9 +187,11 @@ def weighted_greedy(
     typicality_strength: float = 1.0,
     minimum_distance: float | None = None,
     preselected: Sequence[int] = (),
+    bonus: np.ndarray | None = None,
 ) -> StrategyResult:
     """Greedy selection by the combined score (module docstring), exact: every candidate's distance is
-    updated after every pick (O(N d) per pick). Ties go to the lowest index."""
+    updated after every pick (O(N d) per pick). Ties go to the lowest index. `bonus` (per candidate, e.g.
+    strength_similarity * similarity) is added to every step's score."""
     x = np.ascontiguousarray(candidates, np.float32)
     n = len(x)
     k = min(k, n)
@@ -184,6 +224,8 @@ def weighted_greedy(
         # An empty pool and nothing picked yet: every candidate is equally (infinitely) far.
         diversity = np.where(np.isinf(d2), 1.0, 0.0) if np.isinf(dmax2) else np.sqrt(d2 / dmax2)
         score = diversity_strength * diversity + typicality_strength * typ
+        if bonus is not None:
+            score = score + bonus
         score[~available] = -np.inf
         best = int(np.argmax(score))
         distance = float(np.sqrt(d2[best]))

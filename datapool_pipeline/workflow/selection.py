@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
@@ -13,9 +14,12 @@ from datapool_pipeline.config import RunConfig
 from datapool_pipeline.datapool import INITIAL_TAG, DatapoolState, DatapoolStore, tables
 from datapool_pipeline.datapool.pool_index import load_pool_index
 from datapool_pipeline.datasets import DatasetSpec
+from datapool_pipeline.embedding import EmbeddingModel, load_model
 from datapool_pipeline.errors import RunAborted
 from datapool_pipeline.media.kinds import NOT_REGULAR_FILE, NOT_REGULAR_FILE_REASON, UNSAFE_KEY_REASON
-from datapool_pipeline.selection import kcenter, samples_to_select, strategies
+from datapool_pipeline.selection import kcenter, metadata, samples_to_select, strategies
+from datapool_pipeline.storage import Storage
+from datapool_pipeline.workflow import queries
 from datapool_pipeline.workflow.discovery import RunPlan, check_use_datapool, unprocessed
 from datapool_pipeline.workflow.faults import fault_point
 from datapool_pipeline.workflow.progress import Log, no_log
@@ -37,6 +41,13 @@ class SelectionSummary:
     minimum distance stopped the selection."""
     stop_reason: str = strategies.REQUESTED
     """Why the selection ended: requested, only_copies_left or minimum_distance."""
+    similarity: dict[str, Any] | None = None
+    """SIMILARITY: the picks' cosine similarity to the queries (workflow/queries.py similarity_summary)."""
+    filtered: dict[str, int] | None = None
+    """Samples the dataset's degenerate-frame filter (datasets.yaml filters) dropped, by reason (black,
+    blurred), before THRESHOLD and selection; None when no filter is on."""
+    threshold_removed: int = 0
+    """New samples that THRESHOLD strategies removed before the greedy selection (`candidates` excludes them)."""
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -63,10 +74,11 @@ def load_candidate_embeddings(
                 f"embeddings of shard {shard} for model {fingerprint} are missing: materialize the "
                 "embeddings asset for this shard first (or run the whole job)"
             )
-        parts.append(df)
+        parts.append(tables.with_embedding_metadata(df))  # older shards: built-in metadata null
     if not parts:
         return pl.DataFrame(schema={"raw_key": pl.String, "raw_version": pl.String, "frame_index": pl.Int64,
-                                    "timestamp_s": pl.Float64, "embedding": pl.Array(pl.Float32, dim)})
+                                    "timestamp_s": pl.Float64, "embedding": pl.Array(pl.Float32, dim),
+                                    **tables.EMBEDDING_METADATA_SCHEMA})
     emb = pl.concat(parts, how="vertical")
     return emb.join(candidates.select(["raw_key", "raw_version"]), on=["raw_key", "raw_version"], how="semi")
 
@@ -84,6 +96,7 @@ def pool_embeddings(
     pool = state.samples.select(["sample_id", *_ID])
     shards = registry.join(pool.select(["raw_key", "raw_version"]).unique(), on=["raw_key", "raw_version"], how="semi")
     parts = [store.read_shard_embeddings(s, fingerprint) for s in shards["shard_id"].unique().to_list()]
+    parts = [tables.with_embedding_metadata(p) if p is not None else None for p in parts]
     found = pl.concat([p for p in parts if p is not None]) if any(p is not None for p in parts) else None
     matched = pool.join(found, on=_ID, how="inner", maintain_order="left") if found is not None else pool.clear()
     if matched.height < pool.height:
@@ -106,7 +119,11 @@ def select_for_run(
     fingerprint: str,
     dim: int,
     log: Log = no_log,
+    input_storage: Storage | None = None,
+    query_model: Callable[[], EmbeddingModel] | None = None,
 ) -> SelectionSummary:
+    """`input_storage` holds SIMILARITY's query images (input.keys); `query_model` gives the model that
+    embedded the candidates (default: load_model(spec.embedding)), for SIMILARITY's queries."""
     check_use_datapool(spec, store, run_config.use_datapool)
     state = store.load_state()
     if not run_config.process_all:
@@ -131,6 +148,8 @@ def select_for_run(
             f"nothing left to add: the {emb.height} candidate samples of {plan.candidates.height} raw "
             f"file(s) are all in the datapool already ({in_pool}) or could not be decoded"
         )
+    new, filtered = _apply_dataset_filters(spec, new, log)
+    new, thresholds = _apply_metadata_thresholds(store, plan, new, run_config, fingerprint, log)
     k = samples_to_select(new.height, run_config.n_samples, run_config.proportion_samples)
     if run_config.n_samples is not None and run_config.n_samples > new.height:
         log(f"n_samples is {run_config.n_samples} but only {new.height} new samples exist: selecting all")
@@ -147,7 +166,11 @@ def select_for_run(
     seeding = {"pool": None if index is not None else pool, "pool_index": index,
                "exact_max_pairs": exact_max_pairs, "seed": spec.seed}
     del pool
+    similar = _similarity_scores(spec, run_config, candidates, fingerprint, input_storage, query_model, log)
+    if similar is not None:
+        seeding["similarity"] = similar[1]
     selection = run_config.selection_config
+    seeding["metadata_bonus"] = metadata.weights_bonus(new, selection)  # WEIGHTS (None without)
     outcome = strategies.select(candidates, k, selection, **seeding)
     adopted = 0
     orphans = _orphans(spec, store, state, new)
@@ -175,6 +198,12 @@ def select_for_run(
         else:
             log(f"selected {len(result.picks)} of the {k} requested: the other new samples are exact copies of "
                 "datapool samples or of these picks, which would add nothing")
+    similarity = None
+    if similar is not None:
+        entry = queries.similarity_entry(selection)
+        assert entry is not None
+        similarity = queries.similarity_summary(entry[1], similar[2], similar[0], list(result.picks))
+        log(queries.similarity_line(similarity))
     tag = tag_name(started_at, state.tags)
     picks = new[result.picks].with_columns(
         pl.lit(tag).alias("tag"),
@@ -194,6 +223,9 @@ def select_for_run(
         "adopted": adopted,
         "requested": k,
         "stop_reason": outcome.stop_reason,
+        **({"similarity": similarity} if similarity is not None else {}),
+        "thresholds": [t.as_dict() for t in thresholds],
+        **({"filtered": filtered} if filtered is not None else {}),
         "strategies": [e.strategy.type for e in selection.strategies],
         "embedding_model": fingerprint,
         "embedding_dim": dim,
@@ -204,8 +236,102 @@ def select_for_run(
     fault_point("after_selection")
     log(f"selected {picks.height} samples for tag {tag} (datapool {state.size} -> {state.size + picks.height})")
     return SelectionSummary(
-        staging_id, tag, state.head_seq, new.height, picks.height, adopted, state.size, k, outcome.stop_reason
+        staging_id, tag, state.head_seq, new.height, picks.height, adopted, state.size, k, outcome.stop_reason,
+        threshold_removed=sum(t.removed for t in thresholds), filtered=filtered,
+        similarity=similarity,
     )
+
+
+def _similarity_scores(
+    spec: DatasetSpec,
+    run_config: RunConfig,
+    candidates: np.ndarray,
+    fingerprint: str,
+    input_storage: Storage | None,
+    query_model: Callable[[], EmbeddingModel] | None,
+    log: Log,
+) -> tuple[np.ndarray, np.ndarray, int] | None:
+    """SIMILARITY's scores of the candidates: raw max cosine similarity to the queries, normalised to [0, 1],
+    and the number of queries; None when SIMILARITY is not configured."""
+    found = queries.similarity_entry(run_config.selection_config)
+    if found is None:
+        return None
+    position, entry = found
+    model = query_model() if query_model is not None else load_model(spec.embedding)
+    if model.fingerprint != fingerprint:
+        raise RunAborted(
+            f"SIMILARITY queries would be embedded by {model.fingerprint}, but the candidates by {fingerprint}"
+        )
+    embedded = queries.query_embeddings(spec, entry, position, model, input_storage)
+    log(f"SIMILARITY: {len(embedded)} {'text' if entry.input.text is not None else 'image'} quer(ies) embedded "
+        f"by {model.fingerprint}")
+    raw, normalised = strategies.similarity_scores(candidates, embedded)
+    return raw, normalised, len(embedded)
+
+
+def _apply_dataset_filters(
+    spec: DatasetSpec, new: pl.DataFrame, log: Log
+) -> tuple[pl.DataFrame, dict[str, int] | None]:
+    """datasets.yaml `filters`: drop black / blurred new samples by their built-in metadata, counted by
+    reason (a sample both black and blurred counts as black). Samples without metadata are kept."""
+    rules = spec.filters
+    if not rules.enabled:
+        return new, None
+    drop = np.zeros(new.height, bool)
+    counts: dict[str, int] = {}
+    checks = [("black", rules.drop_black, "brightness", rules.black_max_brightness),
+              ("blurred", rules.drop_blurred, "sharpness", rules.blurred_max_sharpness)]
+    for reason, on, key, limit in checks:
+        if on:
+            hit = metadata.passes(metadata.column_values(new, key), limit, "SMALLER_EQUAL") & ~drop
+            counts[reason] = int(hit.sum())
+            drop |= hit
+    unknown = int(np.isnan(metadata.column_values(new, "brightness")).sum())
+    log("degenerate-frame filter: dropped " + ", ".join(f"{n} {r}" for r, n in counts.items())
+        + f" of {new.height} new samples" + (f" ({unknown} without metadata kept)" if unknown else ""))
+    if drop.all():
+        raise RunAborted(
+            f"nothing left to add: the degenerate-frame filter (datasets.yaml filters) dropped all {new.height} "
+            "new samples (" + ", ".join(f"{n} {r}" for r, n in counts.items()) + ")"
+        )
+    return new.filter(pl.Series(~drop)), counts
+
+
+def _apply_metadata_thresholds(
+    store: DatapoolStore, plan: RunPlan, new: pl.DataFrame, run_config: RunConfig, fingerprint: str, log: Log
+) -> tuple[pl.DataFrame, list[metadata.ThresholdOutcome]]:
+    """The new samples that pass the THRESHOLD strategies (METADATA inputs), and what each removed.
+
+    Shards embedded before the built-in metadata existed read it as null: a THRESHOLD removes such samples
+    and WEIGHTS scores them 0; if no candidate has a configured key's value the run aborts before any work.
+    """
+    selection = run_config.selection_config
+    if not any(e.input.type == "METADATA" for e in selection.strategies):
+        return new, []
+    unknown = metadata.missing_metadata_keys(new, selection)
+    old = [s for s in plan.candidates["shard_id"].unique(maintain_order=True).to_list()
+           if (df := store.read_shard_embeddings(s, fingerprint)) is not None and metadata.lacks_metadata(df)]
+    if unknown:
+        where = (f"shard(s) {', '.join(old[:5])}{' ...' if len(old) > 5 else ''} were embedded before the built-in "
+                 "metadata existed: delete their embeddings cache "
+                 f"({store.embeddings_key(old[0], fingerprint)}) and run again to re-embed them"
+                 if old else "the embedding pass found no value for them (e.g. timestamp/duration of images)")
+        raise RunAborted(
+            f"METADATA key(s) {', '.join(unknown)} have no value for any of the {new.height} new samples: {where}"
+        )
+    if old:
+        log(f"{len(old)} shard(s) were embedded before the built-in metadata existed: their samples' metadata "
+            "is null (THRESHOLD removes them, WEIGHTS scores them 0); delete their embeddings cache to re-embed")
+    passed, outcomes = metadata.apply_thresholds(new, selection)
+    for t in outcomes:
+        log(f"THRESHOLD {t.key} {t.operation} {t.threshold:g}: removed {t.removed} candidate(s)"
+            + (f" ({t.unknown} without a value)" if t.unknown else ""))
+    if outcomes and passed.height == 0:
+        raise RunAborted(
+            f"nothing left to add: the THRESHOLD strategies removed all {new.height} new samples ("
+            + ", ".join(f"{t.key} {t.operation} {t.threshold:g}: {t.removed}" for t in outcomes) + ")"
+        )
+    return passed, outcomes
 
 
 def _orphans(spec: DatasetSpec, store: DatapoolStore, state: DatapoolState, new: pl.DataFrame) -> list[int]:
