@@ -23,7 +23,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 import polars as pl
 
@@ -101,8 +101,12 @@ def check_datapool(
     checker = _Checker(store, dataset_type, age).run()
     if not repair:
         return checker.result
-    repaired: list[Finding] = checker.drop_damaged_checkpoints()
+    repaired: list[Finding] = checker.restore_manifests()
     if repaired:
+        checker = _Checker(store, dataset_type, age).run()
+    dropped_checkpoints = checker.drop_damaged_checkpoints()
+    if dropped_checkpoints:
+        repaired += dropped_checkpoints
         checker = _Checker(store, dataset_type, age).run()
     dropped = checker.drop_damaged_last()
     if dropped is not None:
@@ -148,6 +152,7 @@ class _Checker:
         self.orphan_frames: list[ObjectInfo] = []
         self.committed_staging: list[str] = []
         self.bad_checkpoints: list[tuple[str, Checkpoint | None]] = []
+        self.restorable: dict[int, tuple[str, Commit]] = {}  # seq -> (checkpoint key, its commit)
         self.compacted_leftovers: list[ObjectInfo] = []
 
     # ---- verification ------------------------------------------------------------------------------
@@ -375,13 +380,17 @@ class _Checker:
                 continue
             referenced |= {checkpoint.processed.key, checkpoint.registry.key}
             problems = []
+            missing = []
             for commit in checkpoint.commits:
                 m = by_seq.get(commit.seq)
-                if m is not None and m.commit != commit:
+                if m is None:
+                    missing.append(commit)  # deleted or unparseable: the checkpoint holds a copy
+                elif m.commit != commit:
                     problems.append(f"holds commit #{commit.seq} unlike its manifest {self.storage.display(m.key)}")
                     break
-            if seq not in by_seq:
-                problems.append(f"holds commit #{seq} but its manifest is missing or unreadable (dropped since?)")
+            if not problems:
+                for commit in missing:
+                    self.restorable.setdefault(commit.seq, (key, commit))
             compacted = {}
             for name in ("processed", "registry"):
                 try:
@@ -401,6 +410,20 @@ class _Checker:
                 self.bad_checkpoints.append((key, checkpoint))
                 for problem in problems:
                     self._add(DAMAGED, key, f"checkpoint {problem}", fix)
+        for seq, (key, commit) in sorted(self.restorable.items()):
+            where = self.storage.display(f"{ROOT}/commits/{seq:08d}.json")
+            fix = f"--repair restores it from checkpoint {self.storage.display(key)}"
+            found_for = [f for f in self.result.findings if f.kind == DAMAGED and f.where == where]
+            for finding in found_for:
+                finding.fix = fix
+            if not found_for:  # a deleted last manifest: the chain alone cannot tell
+                self._add(
+                    DAMAGED,
+                    f"{ROOT}/commits/{seq:08d}.json",
+                    f"is missing, but checkpoint {self.storage.display(key)} holds tag "
+                    f"{commit.tag} (#{seq}): a deleted last manifest",
+                    fix,
+                )
         found = [i for i in self.storage.list(COMPACTED) if i.key not in referenced]
         self.compacted_leftovers = [i for i in found if i.mtime < self.cutoff]
         if found:
@@ -464,6 +487,27 @@ class _Checker:
 
     # ---- repair ------------------------------------------------------------------------------------
 
+    def restore_manifests(self) -> list[Finding]:
+        """Write back the manifests that are missing or unparseable but held by a checkpoint that
+        agrees with every other manifest (the bytes a commit writes)."""
+        done = []
+        for seq, (key, commit) in sorted(self.restorable.items()):
+            manifest = f"{ROOT}/commits/{seq:08d}.json"
+            body = json.dumps(asdict(commit), indent=2, sort_keys=True).encode()
+            if self.storage.exists(manifest):
+                self.storage.write_bytes(manifest, body)  # unparseable: replaced
+            elif not self.storage.put_if_absent(manifest, body):
+                continue
+            done.append(
+                Finding(
+                    DAMAGED,
+                    self.storage.display(manifest),
+                    f"restored commit #{seq} (tag {commit.tag}) from checkpoint {self.storage.display(key)}",
+                    repaired=True,
+                )
+            )
+        return done
+
     def drop_damaged_checkpoints(self) -> list[Finding]:
         done = []
         for key, checkpoint in self.bad_checkpoints:
@@ -487,9 +531,9 @@ class _Checker:
         damaged = [m for m in self.manifests if m.problems or m.gap]
         if last is None or damaged != [last] or last.gap or not last.problems:
             return None
-        self.storage.delete(last.key)
         what = f"dropped the damaged last commit #{last.seq}"
-        for seq, key in self.store.checkpoint_keys(fresh=True):  # they hold the dropped commit
+        # The checkpoints that hold it first: one left without its manifest would restore it.
+        for seq, key in self.store.checkpoint_keys(fresh=True):
             if seq >= (last.seq or 0):
                 try:
                     checkpoint: Checkpoint | None = self.store.read_checkpoint(key)
@@ -497,6 +541,7 @@ class _Checker:
                     checkpoint = None
                 self._delete_checkpoint(key, checkpoint)
                 what += f" and its checkpoint {self.storage.display(key)}"
+        self.storage.delete(last.key)
         c = last.commit
         if c is None:  # unparseable: its parts are the ones named after its seq (no run commits on damage)
             for folder in ("samples", "processed"):

@@ -522,7 +522,14 @@ class DatapoolStore:
             if info.key.endswith(".json")
         ]
         newer.sort(key=lambda c: c.seq)
-        if not newer or newer[0] != checkpoint.commits[-1]:
+        if not newer or newer[0].seq != checkpoint.seq:
+            # Manifests are deleted only by `check --repair`, which deletes the checkpoints holding them first.
+            raise self.damaged(
+                _commit_key(checkpoint.seq),
+                f"is missing, but checkpoint {self.storage.display(checkpoint.key)} holds its commit (tag "
+                f"{checkpoint.commits[-1].tag}): a deleted manifest? `datapool check --repair` restores it",
+            )
+        if newer[0] != checkpoint.commits[-1]:
             raise ValueError(f"does not match commit manifest #{checkpoint.seq} (dropped or replaced since?)")
         # The chain up to the checkpoint was validated when it was written; check what follows it
         # (seqs, parts and tags once, sizes adding up) on the checkpoint's last commit and its sets.

@@ -216,11 +216,13 @@ def test_a_checkpoint_unlike_the_manifests_is_damage(tmp_path: Path) -> None:
 
 
 def test_dropping_a_damaged_last_commit_drops_its_checkpoint(tmp_path: Path) -> None:
+    from datapool_pipeline_tests.reliability.test_damaged_state import _damage
+
     out = tmp_path / "out"
     store = _synthetic(out, n_commits=3)  # checkpoint 3 holds commit 3
-    (out / "datapool" / "commits" / "00000003.json").write_bytes(b"\x00garbage{")
-    with pytest.raises(DamagedStateError, match="00000003.json"):
-        DatapoolStore(LocalStorage(out)).load_state()
+    key = _damage(out, "truncated_samples")  # of commit 3: a checkpoint cannot restore a part
+    with pytest.raises(DamagedStateError, match=key.rsplit("/", 1)[-1]):
+        _ = DatapoolStore(LocalStorage(out)).load_state().samples
     repaired = check_datapool(store, dataset_type="VIDEOS", repair=True, min_age_s=0)
     assert not repaired.damage, [f.line() for f in repaired.findings]
     assert "checkpoint" in repaired.findings[0].what
@@ -233,12 +235,31 @@ def test_dropping_a_damaged_last_commit_drops_its_checkpoint(tmp_path: Path) -> 
     assert not check_datapool(store, dataset_type="VIDEOS").findings
 
 
-def test_a_removed_manifest_of_the_checkpoint_falls_back_to_the_chain(tmp_path: Path) -> None:
+@pytest.mark.parametrize("damage", ["garbage_last", "deleted_middle", "deleted_last"])
+def test_manifests_a_checkpoint_holds_are_restored_by_repair(tmp_path: Path, damage: str) -> None:
     out = tmp_path / "out"
-    _synthetic(out, n_commits=3)
-    (out / "datapool" / "commits" / "00000003.json").unlink()  # e.g. dropped by hand
-    state = DatapoolStore(LocalStorage(out)).load_state()
-    assert state.checkpoint is None and state.tags == ["tag-1", "tag-2"]
+    store = _synthetic(out, n_commits=3)  # checkpoint 3 holds commits 1..3
+    commits = out / "datapool" / "commits"
+    original = {p.name: p.read_bytes() for p in commits.glob("*.json")}
+    name = "00000002.json" if damage == "deleted_middle" else "00000003.json"
+    if damage == "garbage_last":
+        (commits / name).write_bytes(b"\x00garbage{")
+        with pytest.raises(DamagedStateError, match=name):
+            DatapoolStore(LocalStorage(out)).load_state()
+    else:
+        (commits / name).unlink()
+    if damage == "deleted_last":  # the chain alone would end at #2 silently: the checkpoint tells
+        with pytest.raises(DamagedStateError, match=f"{name} is missing, but checkpoint"):
+            DatapoolStore(LocalStorage(out)).load_state()
+    found = check_datapool(store, dataset_type="VIDEOS")
+    assert [f.where for f in found.damage] == [str(commits / name)], [f.line() for f in found.findings]
+    assert "--repair restores it from checkpoint" in found.damage[0].fix
+    repaired = check_datapool(store, dataset_type="VIDEOS", repair=True, min_age_s=0)
+    assert not repaired.damage and "restored commit" in repaired.findings[0].what, [
+        f.line() for f in repaired.findings]
+    assert {p.name: p.read_bytes() for p in commits.glob("*.json")} == original  # the bytes a commit wrote
+    assert DatapoolStore(LocalStorage(out)).load_state().tags == ["tag-1", "tag-2", "tag-3"]
+    assert not check_datapool(store, dataset_type="VIDEOS").findings
 
 
 @pytest.mark.parametrize("damage", ["garbage_manifest", "copied_manifest"])
