@@ -195,6 +195,17 @@ def test_missing_or_undecodable_query_keys_name_the_field(tmp_path: Path) -> Non
     assert DatapoolStore(LocalStorage(spec.output)).staging_ids() == []
 
 
+def test_query_keys_are_checked_before_any_decoding(tmp_path: Path) -> None:
+    from datapool_pipeline.workflow.queries import check_query_keys
+
+    write_images(tmp_path, 2)
+    storage = LocalStorage(str(tmp_path))
+    check_query_keys(selection_with(similarity_entry(keys=["img_000.png", "img_001.png"])), storage)
+    check_query_keys(selection_with(similarity_entry(text=["x"])), storage)  # nothing to check
+    with pytest.raises(ConfigError, match=r"selection_config.strategies\[1\].input.keys\[1\]: gone.png is not in"):
+        check_query_keys(selection_with(similarity_entry(keys=["img_000.png", "gone.png"])), storage)
+
+
 def test_text_queries_run_end_to_end_with_the_tiny_embedder(tmp_path: Path) -> None:
     spec = images_spec(tmp_path)
     write_images(Path(spec.input), 8)

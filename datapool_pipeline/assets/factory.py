@@ -32,6 +32,7 @@ from datapool_pipeline.workflow.commit import commit_staged
 from datapool_pipeline.workflow.discovery import RunPlan, check_use_datapool, plan_run
 from datapool_pipeline.workflow.embeddings import embed_shard
 from datapool_pipeline.workflow.frames import extract_shard_frames
+from datapool_pipeline.workflow.queries import check_query_keys
 from datapool_pipeline.workflow.relevant import restrict_to_relevant
 from datapool_pipeline.workflow.selection import select_for_run
 
@@ -110,6 +111,7 @@ def build_dataset_assets(spec: DatasetSpec) -> DatasetAssets:
             shards = run_shard_keys(context, partitions.name or "")
         plan = plan_run(spec, store, input_storage, shards, process_all=run_config.process_all, log=context.log.info)
         plan = restrict_to_relevant(plan, run_config.selection_config, input_storage, log=context.log.info)
+        check_query_keys(run_config.selection_config, input_storage)  # SIMILARITY input.keys exist
         context.add_output_metadata(
             {
                 "files_to_process": plan.candidates.height,

@@ -20,6 +20,19 @@ def similarity_entry(selection: SelectionConfig) -> tuple[int, StrategyEntry] | 
     return next(((i, e) for i, e in enumerate(selection.strategies) if e.strategy.type == "SIMILARITY"), None)
 
 
+def check_query_keys(selection: SelectionConfig, input_storage: Storage) -> None:
+    """SIMILARITY's query images exist in the input datasource (checked in the run's first step, before any
+    decoding); whether they decode is found when they are embedded."""
+    found = similarity_entry(selection)
+    if found is None or found[1].input.keys is None:
+        return
+    position, entry = found
+    for j, key in enumerate(entry.input.keys or ()):
+        if not input_storage.exists(key):
+            raise ConfigError(f"selection_config.strategies[{position}].input.keys[{j}]: {key} is not in the input "
+                              f"datasource {input_storage.display()}")
+
+
 def query_embeddings(
     spec: DatasetSpec, entry: StrategyEntry, position: int, model: EmbeddingModel, input_storage: Storage | None
 ) -> np.ndarray:
