@@ -234,8 +234,7 @@ class InputSpec(StrictModel):
     @field_validator("uri", mode="before")
     @classmethod
     def _resolve(cls, value: Any, info: ValidationInfo) -> Any:
-        base_dir = (info.context or {}).get("base_dir")
-        return resolve_location(value, Path(base_dir or ".")) if isinstance(value, str) and value.strip() else value
+        return _resolve_in_context(value, info)
 
 
 class DatasetSpec(StrictModel):
@@ -346,8 +345,7 @@ class DatasetSpec(StrictModel):
     @field_validator("output", mode="before")
     @classmethod
     def _resolve(cls, value: Any, info: ValidationInfo) -> Any:
-        base_dir = (info.context or {}).get("base_dir")
-        return resolve_location(value, Path(base_dir or ".")) if isinstance(value, str) and value.strip() else value
+        return _resolve_in_context(value, info)
 
     @field_validator("owners", mode="before")
     @classmethod
@@ -469,6 +467,12 @@ def locations_overlap(a: str, b: str) -> bool:
     """True when one location is the other or lies inside it (compared by whole path segments)."""
     a, b = a.rstrip("/") + "/", b.rstrip("/") + "/"
     return a.startswith(b) or b.startswith(a)
+
+
+def _resolve_in_context(value: Any, info: ValidationInfo) -> Any:
+    """A location as written in datasets.yaml, resolved against the file's folder (validation context)."""
+    base_dir = (info.context or {}).get("base_dir")
+    return resolve_location(value, Path(base_dir or ".")) if isinstance(value, str) and value.strip() else value
 
 
 def resolve_location(value: str, base_dir: Path) -> str:
