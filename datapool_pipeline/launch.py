@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import time
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 
@@ -28,6 +29,8 @@ from datapool_pipeline.workflow.discovery import (
     check_use_datapool,
     list_inventory,
     no_new_files_message,
+    shard_limits,
+    shard_starts,
     unprocessed,
 )
 from datapool_pipeline.workflow.progress import Log, no_log
@@ -120,12 +123,19 @@ class ScanCursor:
     sweep: str | None = None
     ticks: int = 0
     """Incremental ticks since the last full pass ended."""
+    pending: list[tuple[str, str, int]] = field(default_factory=list)
+    """New files held back until their shard fills (sensor.shard_wait_seconds): (key, version, size)."""
+    pending_since: float | None = None
+    """When the oldest of `pending` was first held (seconds since the epoch)."""
 
     VERSION = 2
 
     def serialize(self) -> str:
-        return json.dumps({"v": self.VERSION, "after": self.after, "passes": self.passes, "sweep": self.sweep,
-                           "ticks": self.ticks})
+        body: dict[str, object] = {"v": self.VERSION, "after": self.after, "passes": self.passes,
+                                   "sweep": self.sweep, "ticks": self.ticks}
+        if self.pending:
+            body |= {"pending": [list(p) for p in self.pending], "pending_since": self.pending_since}
+        return json.dumps(body)
 
     @classmethod
     def parse(cls, raw: str | None) -> ScanCursor:
@@ -139,8 +149,11 @@ class ScanCursor:
                 # order, not key order): resume after it and check everything before it with a full pass.
                 return cls(after=after, passes=passes, sweep="" if after else None)
             sweep = body.get("sweep")
+            pending = [(str(k), str(v), int(s)) for k, v, s in body.get("pending") or []]
+            since = body.get("pending_since")
             return cls(after=after, passes=passes, sweep=None if sweep is None else str(sweep),
-                       ticks=int(body.get("ticks", 0)))
+                       ticks=int(body.get("ticks", 0)), pending=pending,
+                       pending_since=float(since) if pending and since is not None else None)
         except (ValueError, TypeError, AttributeError):
             return cls()  # an unreadable cursor only costs one extra pass over the input
 
@@ -169,6 +182,8 @@ class ScanResult:
     """New files left for the next tick (max_runs_per_tick reached)."""
     swept: int = 0
     """Of the objects listed, those listed by a full pass (keys before the cursor)."""
+    held: int = 0
+    """New files held back in the cursor until their shard fills (sensor.shard_wait_seconds)."""
 
 
 @dataclass
@@ -229,6 +244,7 @@ def scan_new_files(
     cursor: ScanCursor,
     *,
     full_listing_every_ticks: int = FULL_LISTING_EVERY_TICKS,
+    now: float | None = None,
 ) -> ScanResult:
     """One sensor tick's work, bounded by the sensor settings: list the keys after the cursor (and, when a
     full pass is due or under way, the next slice of it), find files no committed run processed and no
@@ -240,6 +256,9 @@ def scan_new_files(
     A file is claimed once its shard is a dynamic partition, so it is never requested twice; a file
     whose shard was written to the registry but never became a partition (a tick that died halfway)
     is requested again under the same shard id and run key.
+
+    With sensor.shard_wait_seconds, new files that would make a partly filled last shard are held back in
+    the cursor (not registered) and grouped with the next ticks' new files, for up to that long.
     """
     settings = spec.sensor
     store.check_owner(spec.name, spec.type, claim=True)
@@ -302,10 +321,13 @@ def scan_new_files(
             todo = pl.concat([todo, found]) if found.height else todo
     elif cursor.passes > 0:
         ticks += 1  # an incremental tick after a complete pass
-    next_cursor = ScanCursor(after=after, passes=passes, sweep=sweep, ticks=ticks)
     listed += swept
+    todo, pending, since = _hold_partial_shard(spec, todo, cursor, new_files, registry, deferred > 0,
+                                               time.time() if now is None else now)
+    next_cursor = ScanCursor(after=after, passes=passes, sweep=sweep, ticks=ticks, pending=pending,
+                             pending_since=since)
     if todo.height == 0:
-        return ScanResult(cursor=next_cursor, listed=listed, new_files=0, swept=swept)
+        return ScanResult(cursor=next_cursor, listed=listed, new_files=0, swept=swept, held=len(pending))
     shards, new_rows = assign_shards(spec, store, todo, registry=registry())
     members = pl.concat([registry().filter(pl.col("shard_id").is_in(shards)).select(list(tables.REGISTRY_SCHEMA)),
                          new_rows])
@@ -332,4 +354,43 @@ def scan_new_files(
         new_partitions=[s for s in dict.fromkeys(new_partitions) if s not in already],
         deferred=deferred,
         swept=swept,
+        held=len(pending),
     )
+
+
+def _hold_partial_shard(
+    spec: DatasetSpec,
+    todo: pl.DataFrame,
+    cursor: ScanCursor,
+    new_files: Callable[[pl.DataFrame], pl.DataFrame],
+    registry: Callable[[], pl.DataFrame],
+    deferred: bool,
+    now: float,
+) -> tuple[pl.DataFrame, list[tuple[str, str, int]], float | None]:
+    """The tick's files to register now, and those held back in the cursor: with sensor.shard_wait_seconds,
+    the unregistered files of a partly filled last shard wait (up to that long since the first of them was
+    held) for more new files. Files held by the last tick come back here unless a run took them since."""
+    if cursor.pending:
+        held = pl.DataFrame(
+            {"raw_key": [p[0] for p in cursor.pending], "raw_version": [p[1] for p in cursor.pending],
+             "raw_size": [p[2] for p in cursor.pending], "media_type": [spec.type] * len(cursor.pending)},
+            schema=tables.FILE_COLUMNS,
+        )
+        todo = pl.concat([todo, new_files(held).join(todo.select(_KEYS), on=_KEYS, how="anti")]).sort("raw_key")
+    wait = spec.sensor.shard_wait_seconds
+    if wait <= 0 or deferred or todo.height == 0:
+        return todo, [], None
+    unregistered = todo.join(registry().select(_KEYS), on=_KEYS, how="anti").sort("raw_key")
+    if unregistered.height == 0:
+        return todo, [], None
+    per_shard, max_bytes = shard_limits(spec)
+    last = unregistered.slice(shard_starts(unregistered["raw_size"].fill_null(0).to_list(), per_shard, max_bytes)[-1])
+    if last.height >= per_shard:
+        return todo, [], None
+    rows = list(zip(last["raw_key"], last["raw_version"], last["raw_size"].fill_null(0), strict=True))
+    before = {(k, v) for k, v, _ in cursor.pending}
+    since = cursor.pending_since if any((k, v) in before for k, v, _ in rows) else None
+    since = now if since is None else since
+    if now - since >= wait:
+        return todo, [], None  # waited long enough: the partly filled shard goes ahead
+    return todo.join(last.select(_KEYS), on=_KEYS, how="anti"), rows, since

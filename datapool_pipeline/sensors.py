@@ -68,13 +68,15 @@ def build_sensor(built: DatasetAssets) -> dg.SensorDefinition:
             where += f" and {scan.swept} of a full pass" + (
                 " (pass complete)" if scan.cursor.sweep is None else f" (next from {scan.cursor.sweep!r})"
             )
+        held = (f"; {scan.held} new file(s) wait for their shard to fill (at most "
+                f"{settings.shard_wait_seconds} s)") if scan.held else ""
         if not scan.batches:
             return dg.SensorResult(
-                skip_reason=f"no new {spec.type.lower()}: {where}", cursor=scan.cursor.serialize()
+                skip_reason=f"no new {spec.type.lower()}: {where}{held}", cursor=scan.cursor.serialize()
             )
         context.log.info(
             f"{where}: {scan.new_files} new file(s) in {len(scan.batches)} run(s)"
-            + (f"; {scan.deferred} left for the next tick" if scan.deferred else "")
+            + (f"; {scan.deferred} left for the next tick" if scan.deferred else "") + held
         )
         run_config = op_run_config(built.raw_files_op, spec.sensor.run_config)
         requests = [

@@ -1,10 +1,12 @@
 """Discovery: list the input datasource, tell new / changed / already-processed files apart, and
-group new files into shards (one per video, or batches of images)."""
+group new files into shards (batches of `videos_per_shard` videos up to `max_shard_megabytes`, or of
+`images_per_shard` images). Shards registered before keep their members (older datapools: one video each)."""
 
 from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import polars as pl
@@ -86,6 +88,28 @@ def shard_id(media_type: str, members: list[tuple[str, str]]) -> str:
     return f"{'v' if media_type == 'VIDEOS' else 'i'}-{slug}-{digest}"
 
 
+def shard_limits(spec: DatasetSpec) -> tuple[int, int | None]:
+    """(files per shard, bytes per shard or None) of the dataset's new shards."""
+    if spec.type == "VIDEOS":
+        return spec.videos_per_shard, spec.max_shard_megabytes * 2**20
+    return spec.images_per_shard, None
+
+
+def shard_starts(sizes: Sequence[int], per_shard: int, max_bytes: int | None = None) -> list[int]:
+    """Where each shard starts among files in key order: a shard closes at `per_shard` files or before the
+    file that would take it over `max_bytes` (a file larger than that alone is a shard of its own); the
+    last shard takes what is left. The same files (and sizes) always give the same shards."""
+    starts: list[int] = []
+    count = total = 0
+    for i, size in enumerate(sizes):
+        if not starts or count >= per_shard or (max_bytes is not None and count and total + size > max_bytes):
+            starts.append(i)
+            count = total = 0
+        count += 1
+        total += size
+    return starts
+
+
 def assign_shards(
     spec: DatasetSpec, store: DatapoolStore, todo: pl.DataFrame, registry: pl.DataFrame | None = None
 ) -> tuple[list[str], pl.DataFrame]:
@@ -99,10 +123,8 @@ def assign_shards(
     missing = joined.filter(pl.col("shard_id").is_null()).drop("shard_id").sort("raw_key")
     new_rows: list[pl.DataFrame] = []
     if missing.height:
-        if spec.type == "VIDEOS":
-            groups = [missing.slice(i, 1) for i in range(missing.height)]
-        else:
-            groups = [missing.slice(i, spec.images_per_shard) for i in range(0, missing.height, spec.images_per_shard)]
+        starts = shard_starts(missing["raw_size"].fill_null(0).to_list(), *shard_limits(spec))
+        groups = [missing.slice(a, b - a) for a, b in zip(starts, [*starts[1:], missing.height], strict=True)]
         for group in groups:
             sid = shard_id(spec.type, list(zip(group["raw_key"], group["raw_version"], strict=True)))
             new_rows.append(group.with_columns(pl.lit(sid).alias("shard_id")))

@@ -61,7 +61,7 @@ def test_backfill_runs_carry_the_dataset_tag(tmp_path: Path, dagster_home: Path,
         # (No shard partitions yet: Dagster runs the unpartitioned assets as one run.)
         assert whole
         assert {r.tags.get(DATASET_TAG) for r in whole} == {"videos-datapool"}, [r.tags for r in whole]
-        assert len(instance.get_dynamic_partitions(f"{PREFIX}__shards")) == 2
+        assert len(instance.get_dynamic_partitions(f"{PREFIX}__shards")) == 1  # both videos in one shard
 
         # Re-embedding: frames + embeddings over all shard partitions.
         shard_keys = [{"path": [PREFIX, n]} for n in ("frames", "embeddings")]

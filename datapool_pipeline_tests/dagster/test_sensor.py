@@ -21,11 +21,11 @@ SENSOR = "videos_datapool_new_files"
 PARTITIONS = "videos_datapool__shards"
 
 
-def _sensor_yaml(tmp_path: Path, **settings: object) -> tuple[Path, Path, Path]:
+def _sensor_yaml(tmp_path: Path, dataset_extra: str = "", **settings: object) -> tuple[Path, Path, Path]:
     input_dir, output_dir = tmp_path / "input", tmp_path / "lightly"
     input_dir.mkdir()
     lines = "".join(f"      {k}: {json.dumps(v)}\n" for k, v in settings.items())
-    extra = f"    sensor:\n      enabled: true\n{lines}      selection_config: {{n_samples: 5}}\n"
+    extra = f"{dataset_extra}    sensor:\n      enabled: true\n{lines}      selection_config: {{n_samples: 5}}\n"
     path = write_datasets_yaml(
         tmp_path / "datasets.yaml", "videos-datapool", "VIDEOS", str(input_dir), str(output_dir), extra=extra
     )
@@ -61,8 +61,10 @@ def _range(request: dg.RunRequest) -> tuple[str, str]:
 
 
 def test_new_files_then_nothing_then_overwrite(tmp_path: Path, instance: dg.DagsterInstance) -> None:
-    # full_listing_every_ticks: 1 -> a full pass every other tick
-    path, input_dir, output_dir = _sensor_yaml(tmp_path, files_per_run=2, full_listing_every_ticks=1)
+    # full_listing_every_ticks: 1 -> a full pass every other tick; one video per shard (as datapools
+    # registered before videos_per_shard), so that 3 videos make 3 shards batched 2 + 1.
+    path, input_dir, output_dir = _sensor_yaml(tmp_path, "    videos_per_shard: 1\n", files_per_run=2,
+                                               full_listing_every_ticks=1)
     add_videos(input_dir, ["a.mp4", "b.mp4", "c.mp4"], seconds=1)
     (input_dir / "notes.txt").write_text("not a video")
 
