@@ -109,12 +109,16 @@ def clean_up(spec: DatasetSpec, store: DatapoolStore, keep: set[str]) -> None:
     """Remove what crashed or beaten runs left: staged selections, their uploads that are not in
     the datapool, and table parts no commit references."""
     state = store.load_state()
-    pool_ids = set(state.samples["sample_id"].to_list())
+    committed = {c.staging_id for c in state.commits}
+    pool_ids: set[str] | None = None  # read only for a selection that was not committed (every samples part)
     for sid in store.staging_ids():
         if sid in keep:
             continue
-        entry = store.read_staging(sid)
-        if entry is not None and spec.type == "VIDEOS":
+        # A committed selection's uploads are its tag's samples: all in the datapool, nothing to delete.
+        entry = store.read_staging(sid) if sid not in committed and spec.type == "VIDEOS" else None
+        if entry is not None:
+            if pool_ids is None:
+                pool_ids = set(state.samples["sample_id"].to_list())
             for sample_id in entry[1]["sample_id"].to_list():
                 if sample_id not in pool_ids:
                     store.storage.delete(sample_id)
