@@ -80,11 +80,16 @@ def prepare_run(
     existing = instance.get_dynamic_partitions(name)
     missing = missing_partitions(needed, existing)
     if missing:
-        instance.add_dynamic_partitions(name, missing)
+        # In slices: one call with ~10^6 keys is one SQL statement SQLite refuses (too many SQL variables).
+        for i in range(0, len(missing), ADD_PARTITIONS_PER_CALL):
+            instance.add_dynamic_partitions(name, missing[i:i + ADD_PARTITIONS_PER_CALL])
         existing = instance.get_dynamic_partitions(name)
     position = {key: i for i, key in enumerate(existing)}
     ordered = sorted(needed, key=position.__getitem__)
     return PreparedRun(shards=ordered, files=todo.height, range_start=ordered[0], range_end=ordered[-1])
+
+
+ADD_PARTITIONS_PER_CALL = 10_000
 
 
 def missing_partitions(shards: list[str], existing: list[str]) -> list[str]:

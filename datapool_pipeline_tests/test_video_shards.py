@@ -168,3 +168,27 @@ def test_the_sensor_holds_a_partly_filled_shard_back_until_it_fills_or_waited(tm
     assert json.loads(fourth.cursor.serialize()).keys() == {"v", "after", "passes", "sweep", "ticks"}
     # Without the setting (default 0), every tick's new files are requested at once.
     assert video_spec(tmp_path).sensor.shard_wait_seconds == 0
+
+
+def test_datapool_run_adds_many_partitions_in_slices(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """prepare_run adds a first run's partitions a slice at a time (10^6 keys in one call exceed SQLite's
+    SQL variables); the run's range still covers them in order."""
+    import dagster as dg
+
+    from datapool_pipeline import launch
+    from datapool_pipeline.config import parse_run_config
+
+    spec = video_spec(tmp_path, videos_per_shard=1)
+    Path(spec.input).mkdir(parents=True)
+    for i in range(5):
+        (Path(spec.input) / f"v{i}.mp4").write_bytes(b"x")
+    calls: list[int] = []
+    monkeypatch.setattr(launch, "ADD_PARTITIONS_PER_CALL", 2)
+    with dg.instance_for_test() as instance:
+        original = instance.add_dynamic_partitions
+        monkeypatch.setattr(instance, "add_dynamic_partitions",
+                            lambda name, keys: (calls.append(len(keys)), original(name, keys))[1])
+        prepared = launch.prepare_run(spec, instance, parse_run_config({"selection_config": {"n_samples": 1}}))
+        assert calls == [2, 2, 1] and prepared.files == 5
+        assert instance.get_dynamic_partitions(launch.partitions_name(spec)) == prepared.shards
+        assert (prepared.range_start, prepared.range_end) == (prepared.shards[0], prepared.shards[-1])
