@@ -131,7 +131,7 @@ def test_graphql_run_sensor_run_and_process_all_backfill(
         )
         assert backfill.status == BulkActionStatus.COMPLETED_SUCCESS, servers.log_text()[-3000:]
         backfill_runs = instance.get_runs(dg.RunsFilter(tags={"dagster/backfill": backfill_id}))
-        # 3 shards, but frames + embeddings in ONE run (single-run backfill policy).
+        # 2 shards ({a, b} and the sensor's {c}), frames + embeddings in ONE run (single-run backfill policy).
         partitioned = [r for r in backfill_runs if "dagster/asset_partition_range_start" in r.tags]
         assert len(partitioned) == 1 and len(backfill_runs) == 3
         commits = store.load_commits()

@@ -23,7 +23,7 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def clip_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("input")
-    add_videos(folder, ["a.mov", "b.mov"], seconds=1.5)  # 2 shards, 15 frames each
+    add_videos(folder, ["a.mov", "b.mov"], seconds=1.5)  # one shard of 2 videos, 15 frames each
     return folder
 
 
