@@ -1,6 +1,8 @@
 """A user who only has the Dagster UI (sensor off): launches with run config only find the new files,
-and a process_all backfill covers raw files that nothing registered before. Real webserver + daemon,
-driven through GraphQL only."""
+a process_all backfill covers raw files that nothing registered before, and runs created by asset
+backfills (which carry no tags of their own, as from the UI) get `datapool/dataset`, so the per-dataset
+run limit of dagster.yaml holds them and `datapool resume` finds them. Real webserver + daemon, driven
+through GraphQL only."""
 
 from __future__ import annotations
 
@@ -11,9 +13,10 @@ import pytest
 from dagster._core.execution.backfill import BulkActionStatus
 from dagster_graphql import DagsterGraphQLClient
 
+from datapool_pipeline.assets.names import DATASET_TAG
 from datapool_pipeline.datapool import DatapoolStore
 from datapool_pipeline.storage import LocalStorage
-from datapool_pipeline_tests.dagster.servers import dagster_servers, wait_for
+from datapool_pipeline_tests.dagster.servers import DagsterServers, dagster_servers, wait_for
 from datapool_pipeline_tests.dagster.test_e2e import BACKFILL_MUTATION, _finished, _graphql
 from datapool_pipeline_tests.helpers import add_videos, write_datasets_yaml
 
@@ -23,6 +26,21 @@ pytestmark = pytest.mark.slow
 LAUNCH_JOB = "videos_datapool_launch"
 LAUNCH_OP = "videos_datapool__find_new_files"
 RAW_FILES_OP = "videos_datapool__raw_files"
+
+
+def _backfill(servers: DagsterServers, instance: dg.DagsterInstance, params: dict) -> list[dg.DagsterRun]:
+    """Launch a backfill with no tags of its own (as the UI does); return its runs once it succeeded."""
+    response = _graphql(servers.port, BACKFILL_MUTATION, {"params": params})
+    backfill_id = response["data"]["launchPartitionBackfill"]["backfillId"]
+    backfill = wait_for(
+        f"backfill {backfill_id}",
+        lambda: (b := instance.get_backfill(backfill_id)) and b.status != BulkActionStatus.REQUESTED and b,
+        timeout=420, logs=servers.log_text,
+    )
+    runs = instance.get_runs(dg.RunsFilter(tags={"dagster/backfill": backfill_id}))
+    assert backfill.status == BulkActionStatus.COMPLETED_SUCCESS, servers.log_text()[-3000:]
+    assert DATASET_TAG not in backfill.tags
+    return runs
 
 
 def _launch(client: DagsterGraphQLClient, instance: dg.DagsterInstance, config: dict) -> dg.DagsterRun:
@@ -78,16 +96,9 @@ def test_ui_only_launch_and_process_all_backfill(tmp_path: Path, dagster_home: P
                                                              "report")]
         config = {"ops": {RAW_FILES_OP: {"config": {"worker_config": {"use_datapool": True, "datasource": {
             "process_all": True}}, "selection_config": {"n_samples": 2}}}}}
-        params = {"assetSelection": keys, "allPartitions": True, "runConfigData": config,
-                  "tags": [{"key": "datapool/dataset", "value": "videos-datapool"}]}
-        backfill_id = _graphql(servers.port, BACKFILL_MUTATION, {"params": params})["data"][
-            "launchPartitionBackfill"]["backfillId"]
-        backfill = wait_for(
-            "the backfill",
-            lambda: (b := instance.get_backfill(backfill_id)) and b.status != BulkActionStatus.REQUESTED and b,
-            timeout=420,
-        )
-        assert backfill.status == BulkActionStatus.COMPLETED_SUCCESS, servers.log_text()[-3000:]
+        # No tags of its own, as the UI sends it: the run coordinator tags its runs with the dataset.
+        whole = _backfill(servers, instance, {"assetSelection": keys, "allPartitions": True, "runConfigData": config})
+        assert {r.tags.get(DATASET_TAG) for r in whole} == {"videos-datapool"}, [r.tags for r in whole]
         state = store.load_state()
         assert len(state.commits) == 3
         last = state.commits[-1]
@@ -102,4 +113,13 @@ def test_ui_only_launch_and_process_all_backfill(tmp_path: Path, dagster_home: P
         for name in ("frames", "embeddings"):
             materialized = instance.get_materialized_partitions(dg.AssetKey(["videos_datapool", name]))
             assert d_shard in materialized
+
+        # Re-embedding from the UI: frames + embeddings over all shard partitions, runs tagged likewise,
+        # so the per-dataset run limit holds them and `datapool resume` finds them.
+        shard_keys = [{"path": ["videos_datapool", n]} for n in ("frames", "embeddings")]
+        again = _backfill(servers, instance, {"assetSelection": shard_keys, "allPartitions": True})
+        assert again and {r.tags.get(DATASET_TAG) for r in again} == {"videos-datapool"}, [r.tags for r in again]
+        assert all("dagster/asset_partition_range_start" in r.tags for r in again)
+        found = {r.run_id for r in instance.get_runs(dg.RunsFilter(tags={DATASET_TAG: "videos-datapool"}))}
+        assert {r.run_id for r in whole + again} <= found
     assert "Traceback" not in (servers.logs / "webserver.log").read_text()
