@@ -43,34 +43,59 @@ class WorkerConfig(StrictModel):
 
 # Built-in metadata keys (computed per sample in the embedding pass; see selection/metadata.py).
 BUILTIN_METADATA_KEYS = ("brightness", "contrast", "sharpness", "timestamp", "duration", "width", "height", "file_size")
-METADATA_STRATEGY_TYPES = ("WEIGHTS", "THRESHOLD")
+METADATA_STRATEGY_TYPES = ("WEIGHTS", "THRESHOLD", "BALANCE")
+# Inputs of the METADATA family: values per sample, by key. METADATA: a built-in key or a column of the
+# dataset's user table (datasets.yaml `metadata: {file: ...}`); SCORES and PREDICTIONS: a column of that table.
+TABLE_INPUT_TYPES = ("METADATA", "SCORES", "PREDICTIONS")
+# Which inputs each METADATA-family strategy takes.
+METADATA_STRATEGY_INPUTS = {
+    "WEIGHTS": ("METADATA", "SCORES"),
+    "THRESHOLD": ("METADATA", "SCORES"),
+    "BALANCE": ("METADATA", "PREDICTIONS"),
+}
+# Columns of the user table that identify a sample; no key may be one of them.
+TABLE_ID_COLUMNS = ("raw_key", "frame_index")
 
 
 def _check_metadata_key(kind: str, key: str | None) -> None:
     allowed = ", ".join(BUILTIN_METADATA_KEYS)
-    if kind == "METADATA" and key is None:
-        raise ValueError(f"key: METADATA needs a key, one of the built-in keys {allowed}")
-    if kind == "METADATA" and key not in BUILTIN_METADATA_KEYS:
-        raise ValueError(f"key: {key!r} is not a built-in metadata key; use one of {allowed}")
-    if kind != "METADATA" and key is not None:
-        raise ValueError(f"key: only a METADATA input takes a key, not {kind}")
+    if kind in TABLE_INPUT_TYPES and (key is None or not key.strip()):
+        hint = f"one of the built-in keys {allowed}, or " if kind == "METADATA" else ""
+        raise ValueError(f"key: {kind} needs a key, {hint}a column of the dataset's metadata table")
+    if kind in ("SCORES", "PREDICTIONS") and key in BUILTIN_METADATA_KEYS:
+        raise ValueError(
+            f"key: {key!r} is a built-in metadata key, not a column of the metadata table: use input.type "
+            "METADATA for it, and name table columns apart from the built-in keys"
+        )
+    if key in TABLE_ID_COLUMNS:
+        raise ValueError(f"key: {key!r} identifies the samples of the metadata table; name a value column")
+    if kind not in TABLE_INPUT_TYPES and key is not None:
+        raise ValueError(f"key: only a METADATA, SCORES or PREDICTIONS input takes a key, not {kind}")
 
 
 class StrategyInput(StrictModel):
-    type: Literal["EMBEDDINGS", "METADATA"] = Field(
+    type: Literal["EMBEDDINGS", "METADATA", "SCORES", "PREDICTIONS"] = Field(
         default="EMBEDDINGS",
-        description="What the strategy looks at: EMBEDDINGS, or METADATA (a built-in per-sample value named "
-        "by key; for WEIGHTS and THRESHOLD).",
+        description="What the strategy looks at: EMBEDDINGS; METADATA (by key: a built-in per-sample value or a "
+        "column of the dataset's metadata table; for WEIGHTS, THRESHOLD, BALANCE); SCORES (a numeric column of "
+        "the metadata table; WEIGHTS, THRESHOLD); PREDICTIONS (a categorical column; BALANCE).",
     )
     key: str | None = Field(
         default=None,
-        description="METADATA only: the built-in key: " + ", ".join(BUILTIN_METADATA_KEYS) + ".",
+        description="METADATA, SCORES, PREDICTIONS: the built-in key (" + ", ".join(BUILTIN_METADATA_KEYS)
+        + "; METADATA only) or a column of the dataset's metadata table (datasets.yaml metadata.file).",
     )
 
     @model_validator(mode="after")
     def _metadata_key(self) -> StrategyInput:
         _check_metadata_key(self.type, self.key)
         return self
+
+    @property
+    def is_builtin(self) -> bool:
+        """A METADATA input on a built-in key (computed by the embedding pass, not read from the table)."""
+        return self.type == "METADATA" and self.key in BUILTIN_METADATA_KEYS
+
     text: tuple[str, ...] | None = Field(
         default=None,
         strict=False,  # a YAML/JSON list becomes the tuple
@@ -101,13 +126,15 @@ STRATEGY_TYPES = ("DIVERSITY", "TYPICALITY", "SIMILARITY")
 
 
 class Strategy(StrictModel):
-    type: Literal["DIVERSITY", "TYPICALITY", "SIMILARITY", "WEIGHTS", "THRESHOLD"] = Field(
+    type: Literal["DIVERSITY", "TYPICALITY", "SIMILARITY", "WEIGHTS", "THRESHOLD", "BALANCE"] = Field(
         default="DIVERSITY",
         description="DIVERSITY: greedy k-center given the datapool (required, exactly once: it drives the "
         "greedy selection). TYPICALITY: prefer samples in dense regions of the new data (avoids outliers). "
         "SIMILARITY: prefer samples close to query embeddings (input.text prompts or input.keys images). "
         "WEIGHTS (METADATA input): prefer samples with high values of the key. THRESHOLD (METADATA input): keep "
-        "only samples whose value passes threshold/operation.",
+        "only samples whose value passes threshold/operation. BALANCE (METADATA or PREDICTIONS input, a "
+        "categorical column of the metadata table): prefer samples whose category is furthest under its target "
+        "share, counting the datapool's samples too.",
     )
     stopping_condition_minimum_distance: float | None = Field(
         default=None,
@@ -130,6 +157,39 @@ class Strategy(StrictModel):
         description="THRESHOLD only (required): keep samples whose value is BIGGER, BIGGER_EQUAL, SMALLER or "
         "SMALLER_EQUAL than threshold.",
     )
+
+    target: dict[str, float] | None = Field(
+        default=None,
+        description="BALANCE only (required): the target share (0..1, summing to at most 1) of each category of "
+        "the key, e.g. {sunny: 0.5, rain: 0.5}, over the datapool and the picks together.",
+    )
+
+    @field_validator("target")
+    @classmethod
+    def _target_shares(cls, target: dict[str, float] | None) -> dict[str, float] | None:
+        if target is None:
+            return target
+        if not target:
+            raise ValueError("give at least one category and its target share, e.g. {day: 0.5, night: 0.5}")
+        for category, share in target.items():
+            if not category.strip():
+                raise ValueError("a category must be a non-empty name")
+            if not 0 <= share <= 1:
+                raise ValueError(f"{category}: a share is between 0 and 1, got {share!r}")
+        total = sum(target.values())
+        if total > 1 + 1e-6:
+            raise ValueError(f"the shares sum to {total:g}; they must sum to at most 1")
+        if total <= 0:
+            raise ValueError("the shares sum to 0; give some category a positive share")
+        return target
+
+    @model_validator(mode="after")
+    def _balance_target(self) -> Strategy:
+        if self.type == "BALANCE" and self.target is None:
+            raise ValueError("target: BALANCE needs target, the share of each category, e.g. {day: 0.5, night: 0.5}")
+        if self.type != "BALANCE" and self.target is not None:
+            raise ValueError(f"target: only BALANCE takes it, not {self.type}")
+        return self
 
     @model_validator(mode="after")
     def _threshold_settings(self) -> Strategy:
@@ -158,11 +218,17 @@ class StrategyEntry(StrictModel):
     @model_validator(mode="after")
     def _metadata_input_fits(self) -> StrategyEntry:
         kind, given = self.strategy.type, self.input.type
-        if kind in METADATA_STRATEGY_TYPES and given != "METADATA":
-            raise ValueError(f"input.type: {kind} needs a METADATA input with a key, not {given}")
-        if given == "METADATA" and kind not in METADATA_STRATEGY_TYPES:
+        accepted = METADATA_STRATEGY_INPUTS.get(kind)
+        if accepted is not None and given not in accepted:
+            raise ValueError(f"input.type: {kind} needs a {' or '.join(accepted)} input with a key, not {given}")
+        if given in TABLE_INPUT_TYPES and accepted is None:
+            takers = [s for s, inputs in METADATA_STRATEGY_INPUTS.items() if given in inputs]
+            names = ", ".join(takers[:-1]) + (" and " if len(takers) > 1 else "") + takers[-1]
+            raise ValueError(f"input.type: {given} is an input of {names}, not of {kind}")
+        if kind == "BALANCE" and self.input.is_builtin:
             raise ValueError(
-                f"input.type: METADATA is an input of {' and '.join(METADATA_STRATEGY_TYPES)}, not of {kind}"
+                f"input.key: BALANCE needs a categorical column of the metadata table; {self.input.key} is a "
+                "built-in numeric key"
             )
         return self
 
@@ -201,8 +267,8 @@ class SelectionConfig(StrictModel):
         min_length=1,
         strict=False,  # a YAML/JSON list becomes the tuple; each entry is still validated strictly
         description="Selection strategies, each {input, strategy}: EMBEDDINGS + DIVERSITY (required, once), "
-        "optionally EMBEDDINGS + TYPICALITY, METADATA (key) + WEIGHTS, METADATA (key) + THRESHOLD, "
-        "EMBEDDINGS (text or keys) + SIMILARITY.",
+        "optionally EMBEDDINGS + TYPICALITY, METADATA/SCORES (key) + WEIGHTS, METADATA/SCORES (key) + THRESHOLD, "
+        "METADATA/PREDICTIONS (key) + BALANCE, EMBEDDINGS (text or keys) + SIMILARITY.",
     )
     relevant_filenames: tuple[str, ...] | None = Field(
         default=None,
@@ -260,7 +326,7 @@ class SelectionConfig(StrictModel):
         return entries
 
     def metadata_entries(self, kind: str) -> list[StrategyEntry]:
-        """The entries of a METADATA strategy type (WEIGHTS or THRESHOLD), in config order."""
+        """The entries of a METADATA-family strategy type (WEIGHTS, THRESHOLD, BALANCE), in config order."""
         return [e for e in self.strategies if e.strategy.type == kind]
 
     def strategy(self, kind: str) -> Strategy | None:

@@ -113,6 +113,35 @@ class FilterSpec(StrictModel):
         return self.drop_black or self.drop_blurred
 
 
+METADATA_TABLE_FORMATS = {".parquet": "parquet", ".pq": "parquet", ".csv": "csv", ".jsonl": "jsonl",
+                          ".ndjson": "jsonl"}
+
+
+class MetadataTableSpec(StrictModel):
+    """The dataset's user metadata / scores / predictions table (read by METADATA, SCORES and PREDICTIONS
+    strategy inputs at selection time; see docs/configuration.md)."""
+
+    file: str = Field(
+        min_length=1,
+        description="Key of the table in the input datasource (for a dataset with named inputs, "
+        "<name>:<key>): Parquet (.parquet, .pq), CSV (.csv) or JSON lines (.jsonl, .ndjson). Column raw_key "
+        "(the raw file's key, as in sample ids), for videos optionally frame_index; every other column is a key.",
+    )
+
+    @field_validator("file")
+    @classmethod
+    def _known_format(cls, value: str) -> str:
+        if not any(value.lower().endswith(ext) for ext in METADATA_TABLE_FORMATS):
+            raise ValueError(
+                f"name a .parquet, .pq, .csv, .jsonl or .ndjson file (the extension gives the format), not {value}"
+            )
+        return value
+
+    @property
+    def format(self) -> str:
+        return next(f for ext, f in METADATA_TABLE_FORMATS.items() if self.file.lower().endswith(ext))
+
+
 class ImageSpec(StrictModel):
     """Image decoding limits for IMAGES datasets."""
 
@@ -291,6 +320,11 @@ class DatasetSpec(StrictModel):
         description="Owners of the dataset's assets in the Dagster UI: e-mail addresses or team:<name>.",
     )
     images: ImageSpec = Field(default=ImageSpec(), description="Image decoding limits.")
+    metadata: MetadataTableSpec | None = Field(
+        default=None,
+        description="A user metadata / scores / predictions table in the input datasource, keyed by raw file key "
+        "(and frame_index for videos): e.g. {file: meta/labels.parquet}.",
+    )
 
     @model_validator(mode="before")
     @classmethod

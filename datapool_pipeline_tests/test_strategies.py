@@ -122,7 +122,7 @@ def test_typicality_scores_exact_and_hnswlib_agree(monkeypatch: pytest.MonkeyPat
 @pytest.mark.parametrize(
     ("strategy_list", "message"),
     [
-        ([{"strategy": {"type": "DIVERSITY"}}, {"input": {"type": "EMBEDDINGS"}, "strategy": {"type": "BALANCE"}}],
+        ([{"strategy": {"type": "DIVERSITY"}}, {"input": {"type": "EMBEDDINGS"}, "strategy": {"type": "RANDOM"}}],
          "selection_config.strategies[1].strategy.type: must be one of DIVERSITY, TYPICALITY"),
         ([{"strategy": {"type": "TYPICALITY"}}], "selection_config.strategies: add an entry"),
         ([{"strategy": {"type": "DIVERSITY"}}, {"strategy": {"type": "DIVERSITY"}}],
@@ -135,9 +135,9 @@ def test_typicality_scores_exact_and_hnswlib_agree(monkeypatch: pytest.MonkeyPat
           {"strategy": {"type": "TYPICALITY", "stopping_condition_minimum_distance": 0.2}}],
          "selection_config.strategies[1].strategy.stopping_condition_minimum_distance: only DIVERSITY"),
         ([{"input": {"type": "METADATA", "key": "brightness"}, "strategy": {"type": "DIVERSITY"}}],
-         "selection_config.strategies[0].input.type: METADATA is an input of WEIGHTS and THRESHOLD, not of "
-         "DIVERSITY"),
-        ([{"input": {"type": "SCORES"}, "strategy": {"type": "DIVERSITY"}}],
+         "selection_config.strategies[0].input.type: METADATA is an input of WEIGHTS, THRESHOLD and BALANCE, not "
+         "of DIVERSITY"),
+        ([{"input": {"type": "IMAGES"}, "strategy": {"type": "DIVERSITY"}}],
          "selection_config.strategies[0].input.type: must be one of EMBEDDINGS, METADATA"),
     ],
 )

@@ -1,4 +1,5 @@
-"""Built-in metadata per sample (computed in the embedding pass) and the METADATA strategies on it.
+"""Built-in metadata per sample (computed in the embedding pass) and the METADATA strategies on it (and on
+the user table's numeric columns, joined in as user:<key> by workflow/user_metadata.py).
 
 The embedding pass already holds every frame (image) decoded at the model's input size; from that frame
 it computes, at a small cost next to the model:
@@ -86,9 +87,17 @@ def lacks_metadata(df: pl.DataFrame) -> bool:
     return df.height > 0 and ("brightness" not in df.columns or df["brightness"].null_count() == df.height)
 
 
+USER_PREFIX = "user:"
+"""Columns of the user metadata table joined onto the candidates are named user:<key> (workflow/user_metadata.py)."""
+
+
+def user_column(key: str) -> str:
+    return USER_PREFIX + key
+
+
 def column_values(df: pl.DataFrame, key: str) -> np.ndarray:
-    """The key's values as float64 (NaN for null)."""
-    column = BUILTIN_COLUMNS[key]
+    """The key's values as float64 (NaN for null): a built-in key's column, else the user table's column."""
+    column = BUILTIN_COLUMNS.get(key, user_column(key))
     if column not in df.columns:
         return np.full(df.height, np.nan)
     return df[column].cast(pl.Float64).fill_null(float("nan")).to_numpy().astype(np.float64)
@@ -167,5 +176,6 @@ def weights_bonus(candidates: pl.DataFrame, selection: SelectionConfig) -> np.nd
 
 def missing_metadata_keys(candidates: pl.DataFrame, selection: SelectionConfig) -> list[str]:
     """METADATA keys of the config whose values are unknown (null) for every candidate."""
-    keys = [str(e.input.key) for e in selection.strategies if e.input.type == "METADATA"]
+    keys = [str(e.input.key) for e in selection.strategies
+            if e.input.key is not None and e.strategy.type in ("WEIGHTS", "THRESHOLD")]
     return [k for k in dict.fromkeys(keys) if candidates.height and np.isnan(column_values(candidates, k)).all()]

@@ -12,7 +12,11 @@ candidates, so it stays datapool-aware) and typicality is the kNN density of the
 candidate's maximum cosine similarity to the query embeddings (text prompts or query images), normalised
 over the candidates to [0, 1]. WEIGHTS (METADATA input) adds `strength * value` of a built-in metadata
 key min-max normalised to [0, 1] (selection/metadata.py weights_bonus, passed in as `metadata_bonus`);
-THRESHOLD filters the candidates before they get here. `stopping_condition_minimum_distance` ends the selection once the
+THRESHOLD filters the candidates before they get here. BALANCE (a categorical key) adds, at every step,
+`strength * deficit(category) / max(deficit)`, where deficit(c) = max(target(c) - share(c), 0) and share is
+over the datapool's samples and the picks so far that have a value: the candidates of the category furthest
+under its target get the full strength, those of categories at or over target (or without a value) nothing.
+`stopping_condition_minimum_distance` ends the selection once the
 next pick would be closer than it to the datapool and the earlier picks. For DIVERSITY alone the next
 pick is the farthest remaining candidate, and its distance never grows from one pick to the next. With
 TYPICALITY the next pick is the best-scoring candidate: the farthest one is then usually an outlier that
@@ -51,6 +55,34 @@ class StrategyResult:
     first_distance: float
     """Distance to the datapool (and preselected picks) of the first sample the greedy part picked or
     would have picked (for DIVERSITY alone: the farthest candidate; inf with an empty pool)."""
+
+
+@dataclass
+class BalanceTerm:
+    """BALANCE on one categorical key: categories (the target's first), each candidate's category code
+    (-1: no value), the target share per category (0 for categories not in the target) and the datapool's
+    count per category."""
+
+    key: str
+    categories: list[str]
+    codes: np.ndarray
+    target: np.ndarray
+    pool_counts: np.ndarray
+    strength: float = 1.0
+    listed: int = 0
+    """How many of `categories` the target lists (the first ones)."""
+
+    def bonus(self, picked_counts: np.ndarray) -> np.ndarray:
+        """Per candidate: strength * (its category's deficit / the largest deficit), given the picks so far."""
+        counts = self.pool_counts + picked_counts
+        total = counts.sum()
+        share = counts / total if total else np.zeros(len(counts))
+        deficit = np.maximum(self.target - share, 0.0)
+        top = deficit.max(initial=0.0)
+        if top <= 0:
+            return np.zeros(len(self.codes), np.float64)
+        per_category = np.append(self.strength * deficit / top, 0.0)  # code -1 -> the appended 0
+        return per_category[self.codes]
 
 
 def typicality_scores(candidates: np.ndarray, neighbours: int = TYPICALITY_NEIGHBOURS) -> np.ndarray:
@@ -115,8 +147,10 @@ def select(
     exact_max_pairs: int = kcenter.EXACT_SEEDING_MAX_PAIRS,
     seed: int = 0,
     preselected: Sequence[int] = (),
+    balance: Sequence[BalanceTerm] = (),
 ) -> StrategyResult:
-    """Up to k picks by the configured strategies (DIVERSITY, optionally TYPICALITY).
+    """Up to k picks by the configured strategies (DIVERSITY, optionally TYPICALITY, SIMILARITY, WEIGHTS,
+    BALANCE).
 
     `preselected` picks (adopted uploads) come first and count towards k; the minimum distance never
     removes them. Exact copies of datapool samples or of picks are never picked.
@@ -129,7 +163,9 @@ def select(
         raise ValueError("SIMILARITY is configured: pass the candidates' normalised similarity scores")
     if metadata_bonus is None and selection.metadata_entries("WEIGHTS"):
         raise ValueError("WEIGHTS is configured: pass metadata_bonus (selection.metadata.weights_bonus)")
-    if typicality is None and similar is None and metadata_bonus is None:
+    if len(balance) != len(selection.metadata_entries("BALANCE")):
+        raise ValueError("BALANCE is configured: pass one BalanceTerm per entry (workflow/user_metadata.py)")
+    if typicality is None and similar is None and metadata_bonus is None and not balance:
         return _diversity_only(candidates, k, diversity, pool=pool, pool_index=pool_index,
                                exact_max_pairs=exact_max_pairs, seed=seed, preselected=preselected)
     x = np.ascontiguousarray(candidates, np.float32)
@@ -147,6 +183,7 @@ def select(
         bonus=_add_bonus(
             similar.strength * np.asarray(similarity, np.float64) if similar is not None else None, metadata_bonus
         ),
+        balance=balance,
     )
 
 
@@ -188,10 +225,12 @@ def weighted_greedy(
     minimum_distance: float | None = None,
     preselected: Sequence[int] = (),
     bonus: np.ndarray | None = None,
+    balance: Sequence[BalanceTerm] = (),
 ) -> StrategyResult:
     """Greedy selection by the combined score (module docstring), exact: every candidate's distance is
     updated after every pick (O(N d) per pick). Ties go to the lowest index. `bonus` (per candidate, e.g.
-    strength_similarity * similarity) is added to every step's score."""
+    strength_similarity * similarity) is added to every step's score; each BALANCE term's bonus is
+    recomputed every step from the categories picked so far."""
     x = np.ascontiguousarray(candidates, np.float32)
     n = len(x)
     k = min(k, n)
@@ -201,8 +240,12 @@ def weighted_greedy(
     picked = np.zeros(n, bool)
     picks: list[int] = []
     pick_d2: list[float] = []
+    picked_counts = [np.zeros(len(term.categories), np.int64) for term in balance]
 
     def take(i: int) -> None:
+        for term, counts in zip(balance, picked_counts, strict=True):
+            if term.codes[i] >= 0:
+                counts[term.codes[i]] += 1
         picks.append(i)
         pick_d2.append(float(d2[i]))
         picked[i] = True
@@ -226,6 +269,8 @@ def weighted_greedy(
         score = diversity_strength * diversity + typicality_strength * typ
         if bonus is not None:
             score = score + bonus
+        for term, counts in zip(balance, picked_counts, strict=True):
+            score = score + term.bonus(counts)
         score[~available] = -np.inf
         best = int(np.argmax(score))
         distance = float(np.sqrt(d2[best]))
