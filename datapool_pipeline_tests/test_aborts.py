@@ -146,6 +146,6 @@ def test_launchpad_schema_and_cli_parser_agree() -> None:
 
     datasets = Path(__file__).resolve().parents[1] / "datasets.yaml"
     job = build_definitions(str(datasets)).resolve_job_def("videos_datapool_launch")
-    bad = {"selection_config": {"n_samples": 1, "strategies": [{"strategy": {"type": "BALANCE"}}]}}
-    with pytest.raises(dg.DagsterInvalidConfigError, match="BALANCE"):
+    bad = {"selection_config": {"n_samples": 1, "strategies": [{"strategy": {"type": "RANDOM"}}]}}
+    with pytest.raises(dg.DagsterInvalidConfigError, match="RANDOM"):
         dg.validate_run_config(job, {"ops": {"videos_datapool__find_new_files": {"config": bad}}})
