@@ -98,9 +98,14 @@ class Commit:
     # sha256 of each part's bytes; "" in manifests written before checksums were recorded.
     samples_sha256: str = ""
     processed_sha256: str = ""
+    # What the selection did per strategy (selection/record.py); {} in manifests and checkpoints
+    # written before it was recorded (the report then says "not recorded").
+    selection: dict[str, Any] = field(default_factory=dict)
 
 
 _COMMIT_FIELDS = {f.name: f for f in Commit.__dataclass_fields__.values()}
+# Fields added after checkpoints existed: a checkpoint's commit may lack them (then their default).
+_LATER_FIELDS = {"selection": dict}
 _FIELD_TYPES = {"int": int, "str": str, "dict[str, Any]": dict}
 _MANIFEST_NAME = re.compile(r"^(\d{8})\.json$")
 # Leftovers (temp files of interrupted writes, unreferenced parts and frames) younger than this may
@@ -183,7 +188,9 @@ def parse_checkpoint(key: str, data: bytes) -> Checkpoint:
         parsed = []
         for c in commits:
             if c.keys() != _COMMIT_FIELDS.keys():
-                raise ValueError(f"holds a commit with the fields {sorted(c)}")
+                if c.keys() | _LATER_FIELDS.keys() != _COMMIT_FIELDS.keys():
+                    raise ValueError(f"holds a commit with the fields {sorted(c)}")
+                c = {**{name: make() for name, make in _LATER_FIELDS.items()}, **c}  # written before them
             commit = object.__new__(Commit)
             commit.__dict__.update(c)
             parsed.append(commit)
@@ -610,6 +617,7 @@ class DatapoolStore:
         embedding_dim: int,
         config: dict[str, Any],
         adopted: int = 0,
+        selection: dict[str, Any] | None = None,
     ) -> Commit:
         """Write the tag's tables, then create the manifest; fails if another run committed first."""
         seq = state.head_seq + 1
@@ -637,6 +645,7 @@ class DatapoolStore:
             adopted=adopted,
             samples_sha256=sha256(samples_bytes),
             processed_sha256=sha256(processed_bytes),
+            selection=selection or {},
         )
         body = json.dumps(asdict(commit), indent=2, sort_keys=True).encode()
         if not self.storage.put_if_absent(_commit_key(seq), body):

@@ -19,6 +19,7 @@ from datapool_pipeline.datasets import DatasetSpec
 from datapool_pipeline.report import metrics
 from datapool_pipeline.report.data import RunData, collect_run_data
 from datapool_pipeline.report.projection import pca_2d
+from datapool_pipeline.report.strategies import strategies_section
 from datapool_pipeline.storage import Storage
 from datapool_pipeline.workflow.progress import Log, no_log
 
@@ -74,6 +75,8 @@ def build_report(
         },
         "input": _input_section(data),
         "inputs": _inputs_section(spec, data),
+        "strategies": strategies_section(commit.config, getattr(commit, "selection", None) or {}, data.samples,
+                                         lambda key: _pick_values(store, data, key)),
         "per_file": _per_file(data, spec.type),
         **_distance_sections(data, seed=spec.seed),
         "thumbnails": _thumbnails(data, spec.type),
@@ -85,6 +88,23 @@ def build_report(
     if extra:
         body.update(extra)
     return Report(body, points)
+
+
+def _pick_values(store: DatapoolStore, data: RunData, key: str) -> np.ndarray | None:
+    """A built-in metadata key's values of the tag's samples, read from their shards' embedding caches."""
+    from datapool_pipeline.selection import metadata
+
+    if key not in metadata.BUILTIN_COLUMNS or not data.samples.height:
+        return None
+    ids = ["raw_key", "raw_version", "frame_index"]
+    shards = store.read_registry().join(data.samples.select(ids[:2]).unique(), on=ids[:2], how="semi")
+    parts = [store.read_shard_embeddings(sh, data.commit.embedding_model) for sh in shards["shard_id"].unique()]
+    found = [tables.with_embedding_metadata(p).drop("embedding") for p in parts if p is not None]
+    if not found:
+        return None
+    rows = data.samples.select(ids).join(pl.concat(found, how="diagonal_relaxed").unique(subset=ids), on=ids,
+                                         how="left", maintain_order="left")
+    return metadata.column_values(rows, key)
 
 
 def _input_section(data: RunData) -> dict[str, Any]:

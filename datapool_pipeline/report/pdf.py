@@ -1,7 +1,8 @@
 """report.pdf (reportlab), drawn from report.json, the 2D points and the selected samples' images.
 
-Page 1 is the 30-second summary; then distances (ours vs random), the embedding view, the per-video
-table and timeline, thumbnails of the first picks, and the details (skipped files, timings, config).
+Page 1 is the 30-second summary and how the samples were chosen (per strategy); then distances (ours vs
+random), the embedding view, the per-video table and timeline, thumbnails of the first picks, and the details
+(skipped files, timings, config).
 """
 
 from __future__ import annotations
@@ -264,6 +265,36 @@ def _inputs_paragraph(r: dict[str, Any], s: _Styles) -> list[Any]:
     return [Spacer(1, 4), Paragraph("By input: " + "; ".join(parts) + ".", s.body)]
 
 
+def _strategies_block(r: dict[str, Any], s: _Styles) -> list[Any]:
+    """How the samples were chosen: the strategies, their settings and what each did (report.json strategies)."""
+    from datapool_pipeline.report.strategies import summary_rows
+
+    section = r.get("strategies")
+    if not section:
+        return []
+    story: list[Any] = [Paragraph("How the samples were chosen", s.h2)]
+    if section["recorded"]:
+        filters = section.get("filters")
+        dropped = ", ".join(f"{n} {why}" for why, n in (filters or {}).items())
+        removed = [f"the degenerate-frame filter dropped {dropped}"] if filters else []
+        thresholds = [e["result"]["removed"] for e in section["entries"]
+                      if e["type"] == "THRESHOLD" and e["result"]]  # fmt: skip
+        if thresholds:
+            removed.append(f"THRESHOLD removed {sum(thresholds)}")
+        story.append(Paragraph(
+            f"Of <b>{section['new_samples']}</b> new samples, " + ("; ".join(removed) + ", leaving " if removed else "")
+            + f"<b>{section['candidates']}</b> candidates; the greedy selection picked <b>{section['selected']}</b> of "
+            f"the <b>{section['requested']}</b> requested.", s.body))  # fmt: skip
+    else:
+        story.append(Paragraph(escape(section["note"] or "not recorded"), s.caption))
+    rows: list[list[Any]] = [["strategy", "settings", "what it did"]] + [
+        [Paragraph(escape(a), s.small), Paragraph(escape(b), s.small), Paragraph(escape(c), s.small)]
+        for a, b, c in summary_rows(section)
+    ]
+    story.append(_table(rows, [WIDTH * 0.2, WIDTH * 0.25, WIDTH * 0.55], font=s.font))
+    return story
+
+
 def _details(r: dict[str, Any], s: _Styles) -> list[Any]:
     inp = r["input"]
     story: list[Any] = [Paragraph("Skipped files", s.h2)]
@@ -334,6 +365,8 @@ def render_pdf(
     counts = report["embedding_2d"]["points"]
     story = _first_page(report, s)
     story += [
+        Spacer(1, 12),
+        KeepTogether(_strategies_block(report, s)),  # page 1, or page 2 when page 1 is full
         PageBreak(),
         Paragraph("Distances: our selection vs random", s.h2),
         _figure_or_note(pngs, "distances", WIDTH, note),

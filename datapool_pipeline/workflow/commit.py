@@ -12,6 +12,7 @@ from datapool_pipeline.datapool import Commit, DatapoolStore
 from datapool_pipeline.datasets import DatasetSpec
 from datapool_pipeline.errors import ConcurrentCommitError
 from datapool_pipeline.media.video import extract_frames_png
+from datapool_pipeline.selection.record import commit_record
 from datapool_pipeline.storage import Storage
 from datapool_pipeline.workflow.faults import FAULT_ENV, fault_point
 from datapool_pipeline.workflow.progress import Log, Throttle, no_log
@@ -64,6 +65,7 @@ def commit_staged(
             embedding_dim=meta["embedding_dim"],
             config=meta["config"],
             adopted=meta.get("adopted", 0),
+            selection=commit_record(meta),
         )
     except ConcurrentCommitError:
         # Lost the race at the last moment: remove this run's uploads that the winner does not hold.
