@@ -155,3 +155,24 @@ def test_old_commits_and_checkpoints_without_the_record_still_load_and_report(co
         bad = json.dumps([{k: v for k, v in asdict(old).items() if k != "tag"}], separators=(",", ":")).encode()
         head = json.dumps({**header, "commits_sha256": sha256(bad)}).encode()
         parse_checkpoint(checkpoint_key(1), head + b"\n" + bad)
+
+
+def test_balance_outcome_is_shown_per_key() -> None:
+    from datapool_pipeline.report.strategies import strategies_section, summary_rows
+
+    balance = {"input": {"type": "METADATA", "key": "weather"},
+               "strategy": {"type": "BALANCE", "target": {"sunny": 0.5, "rain": 0.5}}}
+    outcome = {"key": "weather", "strength": 1.0, "target": {"sunny": 0.5, "rain": 0.5},
+               "pool": {"sunny": 3, "rain": 1}, "picks": {"sunny": 0, "rain": 2},
+               "before": {"sunny": 0.75, "rain": 0.25}, "achieved": {"sunny": 0.5, "rain": 0.5},
+               "picks_without_value": 0}
+    config = {"selection_config": {"n_samples": 2, "strategies": [DIVERSITY, balance]}}
+    record = {"format": 1, "requested": 2, "selected": 2, "stop_reason": "requested", "candidates": 5,
+              "new_samples": 5, "thresholds": [], "balance": [outcome]}
+    samples = pl.DataFrame({"pick_distance": [0.5, 0.25]})
+    section = strategies_section(config, record, samples)
+    assert section["entries"][1]["result"] == outcome
+    assert section["entries"][0]["smallest_pick_distance"] == 0.25
+    assert summary_rows(section)[1] == ("BALANCE on weather", "target {sunny: 0.5, rain: 0.5}",
+                                        "datapool + picks now sunny 50% (target 50%, was 75%), rain 50% "
+                                        "(target 50%, was 25%)")
