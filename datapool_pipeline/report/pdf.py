@@ -281,10 +281,12 @@ def _strategies_block(r: dict[str, Any], s: _Styles) -> list[Any]:
                       if e["type"] == "THRESHOLD" and e["result"]]  # fmt: skip
         if thresholds:
             removed.append(f"THRESHOLD removed {sum(thresholds)}")
+        pool = (f"Of <b>{section['new_samples']}</b> new samples, " + "; ".join(removed) + ", leaving "
+                f"<b>{section['candidates']}</b> candidates" if removed
+                else f"All <b>{section['candidates']}</b> new samples were candidates")
         story.append(Paragraph(
-            f"Of <b>{section['new_samples']}</b> new samples, " + ("; ".join(removed) + ", leaving " if removed else "")
-            + f"<b>{section['candidates']}</b> candidates; the greedy selection picked <b>{section['selected']}</b> of "
-            f"the <b>{section['requested']}</b> requested.", s.body))  # fmt: skip
+            f"{pool}; the greedy selection picked <b>{section['selected']}</b> of the <b>{section['requested']}</b> "
+            "requested.", s.body))  # fmt: skip
     else:
         story.append(Paragraph(escape(section["note"] or "not recorded"), s.caption))
     rows: list[list[Any]] = [["strategy", "settings", "what it did"]] + [

@@ -4,6 +4,7 @@ manifest (Commit.selection) into the report and the PDF; old commits without the
 from __future__ import annotations
 
 import json
+import subprocess
 from dataclasses import asdict, replace
 from pathlib import Path
 
@@ -112,7 +113,13 @@ def test_report_json_says_what_each_strategy_did(committed) -> None:  # noqa: AN
     # The PDF carries the block (no browser: figures are replaced by a note, the text is all there).
     pdf = render_pdf(report, pl.DataFrame(schema={"group": pl.String, "x": pl.Float64, "y": pl.Float64}),
                      lambda _t: None, browser="/nonexistent/chromium")
-    assert pdf.startswith(b"%PDF")
+    pdf_file = Path(spec.output) / "report.pdf"
+    pdf_file.write_bytes(pdf)
+    text = " ".join(subprocess.run(["pdftotext", "-f", "1", "-l", "1", str(pdf_file), "-"], check=True,
+                                   capture_output=True, text=True, timeout=60).stdout.split())
+    assert "How the samples were chosen" in text
+    assert "Of 7 new samples, the degenerate-frame filter dropped 2 black; THRESHOLD removed 2, leaving 3" in text
+    assert "kept sharpness BIGGER 100: removed 2" in text
 
     # `datapool check` is content with the new manifests and with a checkpoint holding them.
     assert store.write_checkpoint(store.load_state()) is not None
