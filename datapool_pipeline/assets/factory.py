@@ -250,6 +250,7 @@ def build_dataset_assets(spec: DatasetSpec) -> DatasetAssets:
                 "requested": summary.requested,
                 "stop_reason": summary.stop_reason,
                 **_similarity_metadata(summary.similarity),
+                **{f"balance_{b['key']}": b["short"] for b in summary.balance or []},  # achieved vs target
                 **({"threshold_removed": summary.threshold_removed}
                    if any(e.strategy.type == "THRESHOLD" for e in selection_config.strategies) else {}),
                 **({f"filtered_{reason}": n for reason, n in summary.filtered.items()} if summary.filtered else {}),

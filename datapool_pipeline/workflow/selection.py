@@ -18,8 +18,9 @@ from datapool_pipeline.embedding import EmbeddingModel, load_model
 from datapool_pipeline.errors import RunAborted
 from datapool_pipeline.media.kinds import NOT_REGULAR_FILE, NOT_REGULAR_FILE_REASON, UNSAFE_KEY_REASON
 from datapool_pipeline.selection import kcenter, metadata, samples_to_select, strategies
+from datapool_pipeline.selection import record as selection_record
 from datapool_pipeline.storage import Storage
-from datapool_pipeline.workflow import queries
+from datapool_pipeline.workflow import queries, user_metadata
 from datapool_pipeline.workflow.discovery import RunPlan, check_use_datapool, unprocessed
 from datapool_pipeline.workflow.faults import fault_point
 from datapool_pipeline.workflow.progress import Log, no_log
@@ -48,6 +49,9 @@ class SelectionSummary:
     blurred), before THRESHOLD and selection; None when no filter is on."""
     threshold_removed: int = 0
     """New samples that THRESHOLD strategies removed before the greedy selection (`candidates` excludes them)."""
+    balance: list[dict[str, Any]] | None = None
+    """BALANCE: per entry, the target vs the shares before the run and achieved with the picks
+    (workflow/user_metadata.py balance_summary); None without BALANCE."""
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -123,8 +127,10 @@ def select_for_run(
     query_model: Callable[[], EmbeddingModel] | None = None,
 ) -> SelectionSummary:
     """`input_storage` holds SIMILARITY's query images (input.keys); `query_model` gives the model that
-    embedded the candidates (default: load_model(spec.embedding)), for SIMILARITY's queries."""
+    embedded the candidates (default: load_model(spec.embedding)), for SIMILARITY's queries. The dataset's
+    metadata table (datasets.yaml metadata) is read through `input_storage` too, and checked first."""
     check_use_datapool(spec, store, run_config.use_datapool)
+    table = user_metadata.load_user_table(spec, run_config.selection_config, input_storage)
     state = store.load_state()
     if not run_config.process_all:
         # Another run may have committed some of these files since this run's raw_files step.
@@ -148,8 +154,10 @@ def select_for_run(
             f"nothing left to add: the {emb.height} candidate samples of {plan.candidates.height} raw "
             f"file(s) are all in the datapool already ({in_pool}) or could not be decoded"
         )
+    if table is not None:
+        new = table.attach(new)
     new, filtered = _apply_dataset_filters(spec, new, log)
-    new, thresholds = _apply_metadata_thresholds(store, plan, new, run_config, fingerprint, log)
+    new, thresholds = _apply_metadata_thresholds(store, plan, new, run_config, fingerprint, log, table)
     k = samples_to_select(new.height, run_config.n_samples, run_config.proportion_samples)
     if run_config.n_samples is not None and run_config.n_samples > new.height:
         log(f"n_samples is {run_config.n_samples} but only {new.height} new samples exist: selecting all")
@@ -171,6 +179,12 @@ def select_for_run(
         seeding["similarity"] = similar[1]
     selection = run_config.selection_config
     seeding["metadata_bonus"] = metadata.weights_bonus(new, selection)  # WEIGHTS (None without)
+    balance_terms = user_metadata.balance_terms(selection, new, state.samples, table)
+    seeding["balance"] = balance_terms
+    for term in balance_terms:
+        without = int((term.codes < 0).sum())
+        log(f"BALANCE {term.key}: datapool counts {dict(zip(term.categories, term.pool_counts.tolist(), strict=True))}"
+            + (f"; {without} of {new.height} new samples have no value" if without else ""))
     outcome = strategies.select(candidates, k, selection, **seeding)
     adopted = 0
     orphans = _orphans(spec, store, state, new)
@@ -204,6 +218,9 @@ def select_for_run(
         assert entry is not None
         similarity = queries.similarity_summary(entry[1], similar[2], similar[0], list(result.picks))
         log(queries.similarity_line(similarity))
+    balance = [user_metadata.balance_summary(t, list(result.picks)) for t in balance_terms] or None
+    for line in balance or []:
+        log(user_metadata.balance_line(line))
     tag = tag_name(started_at, state.tags)
     picks = new[result.picks].with_columns(
         pl.lit(tag).alias("tag"),
@@ -223,8 +240,11 @@ def select_for_run(
         "adopted": adopted,
         "requested": k,
         "stop_reason": outcome.stop_reason,
+        "first_distance": selection_record.finite(outcome.first_distance),  # DIVERSITY (for the report)
+        "weights": selection_record.weights_summary(new, list(result.picks), selection),  # WEIGHTS (report)
         **({"similarity": similarity} if similarity is not None else {}),
         "thresholds": [t.as_dict() for t in thresholds],
+        **({"balance": balance} if balance is not None else {}),
         **({"filtered": filtered} if filtered is not None else {}),
         "strategies": [e.strategy.type for e in selection.strategies],
         "embedding_model": fingerprint,
@@ -238,7 +258,7 @@ def select_for_run(
     return SelectionSummary(
         staging_id, tag, state.head_seq, new.height, picks.height, adopted, state.size, k, outcome.stop_reason,
         threshold_removed=sum(t.removed for t in thresholds), filtered=filtered,
-        similarity=similarity,
+        similarity=similarity, balance=balance,
     )
 
 
@@ -298,7 +318,13 @@ def _apply_dataset_filters(
 
 
 def _apply_metadata_thresholds(
-    store: DatapoolStore, plan: RunPlan, new: pl.DataFrame, run_config: RunConfig, fingerprint: str, log: Log
+    store: DatapoolStore,
+    plan: RunPlan,
+    new: pl.DataFrame,
+    run_config: RunConfig,
+    fingerprint: str,
+    log: Log,
+    table: user_metadata.UserTable | None = None,
 ) -> tuple[pl.DataFrame, list[metadata.ThresholdOutcome]]:
     """The new samples that pass the THRESHOLD strategies (METADATA inputs), and what each removed.
 
@@ -306,9 +332,16 @@ def _apply_metadata_thresholds(
     and WEIGHTS scores them 0; if no candidate has a configured key's value the run aborts before any work.
     """
     selection = run_config.selection_config
-    if not any(e.input.type == "METADATA" for e in selection.strategies):
+    if not any(e.strategy.type in ("WEIGHTS", "THRESHOLD") for e in selection.strategies):
         return new, []
     unknown = metadata.missing_metadata_keys(new, selection)
+    from_table = [k for k in unknown if k not in metadata.BUILTIN_KEYS]
+    if from_table and table is not None:
+        raise RunAborted(
+            f"key(s) {', '.join(from_table)} of the metadata table {table.file} have no value for any of the "
+            f"{new.height} new samples: the table has no row (or a null) for their raw_key"
+            + ("/frame_index" if table.by_frame else "")
+        )
     old = [s for s in plan.candidates["shard_id"].unique(maintain_order=True).to_list()
            if (df := store.read_shard_embeddings(s, fingerprint)) is not None and metadata.lacks_metadata(df)]
     if unknown:
