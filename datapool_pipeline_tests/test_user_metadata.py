@@ -197,10 +197,12 @@ def test_balance_counts_the_datapool_a_pool_of_sunny_makes_the_run_pick_rain_fir
     assert summary["before"] == {"sunny": 1.0, "rain": 0.0}
     assert summary["achieved"] == {"sunny": round(4 / 6, 4), "rain": round(2 / 6, 4)}
     assert summary["short"] == "sunny 67% (target 50%), rain 33% (target 50%)"  # the Dagster metadata's value
-    store.delete_staging("r2")
-    # Without BALANCE, plain DIVERSITY picks by distance alone (not necessarily the rain images).
-    plain = {"worker_config": {"use_datapool": True}, "selection_config": {"n_samples": 2}}
-    assert _select(spec, plain, "r3", 2).balance is None
+    # The commit keeps it, and the run report shows achieved vs target.
+    from datapool_pipeline.report.build import build_report
+
+    commit = commit_staged(spec, store, LocalStorage(spec.input), "r2", run_id="r2")
+    entry = build_report(spec, store, commit).body["strategies"]["entries"][1]
+    assert entry["result"]["achieved"] == summary["achieved"] and entry["result"]["pool"] == {"sunny": 4, "rain": 0}
 
 
 def test_scores_from_a_csv_table_drive_threshold_and_weights(tmp_path: Path) -> None:
