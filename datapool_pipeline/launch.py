@@ -34,6 +34,7 @@ from datapool_pipeline.workflow.discovery import (
     unprocessed,
 )
 from datapool_pipeline.workflow.progress import Log, no_log
+from datapool_pipeline.workflow.user_metadata import load_user_table
 
 _KEYS = ["raw_key", "raw_version"]
 
@@ -65,6 +66,7 @@ def prepare_run(
         verify_access(spec.name, input_storage, store.storage)
     store.check_owner(spec.name, spec.type, claim=True)
     check_use_datapool(spec, store, run_config.use_datapool)
+    load_user_table(spec, run_config.selection_config, input_storage)  # the metadata table: checked before any work
     inventory = list_inventory(spec, input_storage, log)
     state = store.load_state()
     store.discard_committed_staging(state.commits)

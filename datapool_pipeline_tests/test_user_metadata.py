@@ -297,3 +297,19 @@ def test_video_frames_take_their_rows_by_frame_index(tmp_path: Path) -> None:
     assert [i % 2 for i in picks["frame_index"]] == [1, 1, 1]
     assert summary.balance is not None and summary.balance[0]["picks"] == {"night": 3, "day": 0}
     assert summary.balance[0]["achieved"] == {"night": 1.0, "day": 0.0}
+
+
+def test_datapool_run_checks_the_table_before_registering_any_shard(tmp_path: Path) -> None:
+    import dagster as dg
+
+    from datapool_pipeline.launch import prepare_run
+
+    spec = spec_with_table(tmp_path, "labels.csv")
+    write_images(Path(spec.input), 3)
+    config = parse_run_config({"selection_config": {"n_samples": 1, "strategies": [DIVERSITY, BALANCE]}})
+    with dg.DagsterInstance.ephemeral() as instance:
+        with pytest.raises(ConfigError, match=r"^datasets\.imgs\.metadata\.file: labels\.csv is not in the input"):
+            prepare_run(spec, instance, config)
+        assert DatapoolStore(LocalStorage(spec.output)).read_registry().height == 0
+        write_table(spec, pl.DataFrame({"raw_key": ["img_000.png"], "weather": ["rain"]}))
+        assert prepare_run(spec, instance, config).files == 3
