@@ -313,3 +313,13 @@ def test_datapool_run_checks_the_table_before_registering_any_shard(tmp_path: Pa
         assert DatapoolStore(LocalStorage(spec.output)).read_registry().height == 0
         write_table(spec, pl.DataFrame({"raw_key": ["img_000.png"], "weather": ["rain"]}))
         assert prepare_run(spec, instance, config).files == 3
+
+
+def test_rows_without_a_frame_index_apply_to_every_frame_of_their_file() -> None:
+    from datapool_pipeline.workflow.user_metadata import UserTable
+
+    table = UserTable("t.csv", pl.DataFrame({"raw_key": ["v.mp4", "v.mp4", "a.jpg"], "frame_index": [1, None, None],
+                                             "light": ["night", "day", "day"]}))
+    samples = pl.DataFrame({"raw_key": ["v.mp4", "v.mp4", "a.jpg", "b.jpg"], "frame_index": [0, 1, 0, 0]})
+    assert table.attach(samples)["user:light"].to_list() == ["day", "night", "day", None]
+    assert table.attach(samples.clear()).columns == ["raw_key", "frame_index", "user:light"]

@@ -2,10 +2,10 @@
 through the input storage at selection time, and the BALANCE strategy's terms and summary on it.
 
 The table has a `raw_key` column (the raw file's key as in sample ids: `<name>:<key>` for a named input)
-and, for videos, optionally `frame_index` (without it a row applies to every frame of the file); every
-other column is a key that METADATA, SCORES and PREDICTIONS inputs may name. A column named like a built-in
-metadata key, a missing file or column, or a column of the wrong type is a one-line ConfigError naming the
-field and the file, raised before any selection work.
+and, for videos, optionally `frame_index` (without it, or where it is null, a row applies to every frame of
+the file); every other column is a key that METADATA, SCORES and PREDICTIONS inputs may name. A column named
+like a built-in metadata key, a missing file or column, or a column of the wrong type is a one-line
+ConfigError naming the field and the file, raised before any selection work.
 
 BALANCE counts the datapool: the pool samples' raw keys (and frame indices) are looked up in the same table;
 pool samples and candidates without a row (or with a null value) count in no category.
@@ -45,10 +45,21 @@ class UserTable:
         the table has no row), in the same row order."""
         on = ["raw_key", "frame_index"] if self.by_frame else ["raw_key"]
         values = self.frame.rename({c: user_column(c) for c in self.frame.columns if c not in on})
+        columns = [c for c in values.columns if c not in on]
         if samples.height == 0:
-            return samples.with_columns(*[pl.lit(None, dtype=values[c].dtype).alias(c)
-                                          for c in values.columns if c not in on])
-        return samples.join(values, on=on, how="left", maintain_order="left")
+            return samples.with_columns(*[pl.lit(None, dtype=values[c].dtype).alias(c) for c in columns])
+        if not self.by_frame:
+            return samples.join(values, on=on, how="left", maintain_order="left")
+        # Rows with frame_index null apply to every frame of their file (e.g. images next to video frames).
+        per_frame = values.filter(pl.col("frame_index").is_not_null())
+        per_file = values.filter(pl.col("frame_index").is_null()).drop("frame_index")
+        out = samples.join(per_frame, on=on, how="left", maintain_order="left")
+        if per_file.height == 0:
+            return out
+        fallback = per_file.rename({c: f"{c}\0file" for c in columns})
+        out = out.join(fallback, on="raw_key", how="left", maintain_order="left")
+        return out.with_columns(*[pl.coalesce(c, f"{c}\0file").alias(c) for c in columns]).drop(
+            [f"{c}\0file" for c in columns])
 
 
 def _entries(selection: SelectionConfig) -> list[tuple[int, StrategyEntry]]:
