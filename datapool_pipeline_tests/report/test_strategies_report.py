@@ -100,10 +100,7 @@ def test_report_json_says_what_each_strategy_did(committed) -> None:  # noqa: AN
     assert weights["key"] == "sharpness" and weights["strength"] == 2.0 and weights["unknown"] == 0
     assert weights["picks"] == {"mean": pytest.approx(np.mean(picks), rel=1e-5),
                                 "min": pytest.approx(min(picks), rel=1e-5), "max": pytest.approx(max(picks), rel=1e-5)}
-    if "weights" in commit.selection:  # staged by the selection step: the candidates' values too
-        assert weights["candidates"]["mean"] == pytest.approx(np.mean(sharp), rel=1e-5)
-    else:  # a selection step that does not stage them: the report reads the picks' values from the caches
-        assert weights["candidates"] is None
+    assert weights["candidates"]["mean"] == pytest.approx(np.mean(sharp), rel=1e-5)  # staged by the selection
     # A record without the WEIGHTS statistics: the picks' values are read from the shard caches.
     bare = replace(commit, selection={k: v for k, v in commit.selection.items() if k != "weights"})
     fallback = build_report(spec, store, bare).body["strategies"]["entries"][4]["result"]
