@@ -33,6 +33,7 @@ from datapool_pipeline.workflow.discovery import RunPlan, check_use_datapool, pl
 from datapool_pipeline.workflow.embeddings import embed_shard
 from datapool_pipeline.workflow.frames import extract_shard_frames
 from datapool_pipeline.workflow.queries import check_query_keys
+from datapool_pipeline.workflow.user_metadata import load_user_table
 from datapool_pipeline.workflow.relevant import restrict_to_relevant
 from datapool_pipeline.workflow.selection import select_for_run
 
@@ -112,6 +113,7 @@ def build_dataset_assets(spec: DatasetSpec) -> DatasetAssets:
         plan = plan_run(spec, store, input_storage, shards, process_all=run_config.process_all, log=context.log.info)
         plan = restrict_to_relevant(plan, run_config.selection_config, input_storage, log=context.log.info)
         check_query_keys(run_config.selection_config, input_storage)  # SIMILARITY input.keys exist
+        load_user_table(spec, run_config.selection_config, input_storage)  # the metadata table, before any work
         context.add_output_metadata(
             {
                 "files_to_process": plan.candidates.height,
