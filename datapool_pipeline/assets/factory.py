@@ -33,9 +33,9 @@ from datapool_pipeline.workflow.discovery import RunPlan, check_use_datapool, pl
 from datapool_pipeline.workflow.embeddings import embed_shard
 from datapool_pipeline.workflow.frames import extract_shard_frames
 from datapool_pipeline.workflow.queries import check_query_keys
-from datapool_pipeline.workflow.user_metadata import load_user_table
 from datapool_pipeline.workflow.relevant import restrict_to_relevant
 from datapool_pipeline.workflow.selection import select_for_run
+from datapool_pipeline.workflow.user_metadata import load_user_table
 
 
 @dataclass
