@@ -18,6 +18,15 @@ RESULTS = Path(__file__).resolve().parent / "results"
 T = TypeVar("T")
 
 
+def cpu_model() -> str:
+    """The CPU's model name (/proc/cpuinfo), recorded with every result: only same-machine ratios count."""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return "unknown"
+
+
 def machine() -> dict[str, Any]:
     import numpy
     import torch
@@ -26,6 +35,7 @@ def machine() -> dict[str, Any]:
     with contextlib.suppress(OSError, StopIteration):
         flags = next(ln for ln in Path("/proc/cpuinfo").read_text().splitlines() if ln.startswith("flags"))
     return {
+        "cpu_model": cpu_model(),
         "cpu_count": len(os.sched_getaffinity(0)),
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "avx512_bf16": "avx512_bf16" in flags,

@@ -14,7 +14,6 @@ Target (issue 12): < 10^5 partitions for 10^6 videos.
 from __future__ import annotations
 
 import argparse
-import platform
 import sys
 import tempfile
 import time
@@ -26,7 +25,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 warnings.filterwarnings("ignore")
 
-from benchmarks._common import timed, write_result  # noqa: E402
+from benchmarks._common import cpu_model, timed, write_result  # noqa: E402
 
 MB = 2**20
 TARGET = 100_000
@@ -118,13 +117,6 @@ def dagster_partitions(keys: list[str]) -> dict[str, float]:
         assert len(got) == len(keys)
         return {"partitions": len(keys), "add_s": round(add_s, 3), "get_all_s": round(get_s, 3),
                 "has_one_s": round(has_s, 4)}
-
-
-def cpu_model() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []:
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
 
 
 def main() -> None:

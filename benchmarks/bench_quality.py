@@ -24,7 +24,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks._common import timed, write_result  # noqa: E402
+from benchmarks._common import cpu_model, timed, write_result  # noqa: E402
 from datapool_pipeline.config import parse_run_config  # noqa: E402
 from datapool_pipeline.selection import strategies  # noqa: E402
 
@@ -188,16 +188,6 @@ def main() -> None:
         "targets": verdict,
         "stopping": stop,
     })
-
-
-def cpu_model() -> str:
-    try:
-        return next(ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
-                    if ln.startswith("model name"))
-    except (OSError, StopIteration):
-        import platform
-
-        return platform.processor() or "unknown"
 
 
 if __name__ == "__main__":

@@ -26,7 +26,6 @@ Usage: python benchmarks/bench_state.py [--quick] [--commits 1000] [--repeats 5]
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import statistics
 import subprocess
@@ -47,14 +46,6 @@ from datapool_pipeline.datapool import store as store_module  # noqa: E402
 from datapool_pipeline.storage import LocalStorage  # noqa: E402
 
 DIM = 16
-
-
-def cpu_model() -> str:
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return "unknown"
 
 
 class Counting:
@@ -239,7 +230,7 @@ def main() -> int:
     summary["modelled_latency_ms_per_request"] = args.latency_ms
     summary["targets"] = {"reads": "<= 20 objects", "time_ratio": "<= 2"}
     print(json.dumps(summary, indent=2))
-    from benchmarks._common import write_result
+    from benchmarks._common import cpu_model, write_result
 
     write_result("state", args.quick, {"cpu_model": cpu_model(), "sizes": sizes, "repeats": repeats,
                                        "files_per_commit": files, "samples_per_commit": samples, "rows": rows,

@@ -12,9 +12,9 @@ Usage: python benchmarks/bench_state_delta.py [--quick] [--commits 1000] [--chec
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -24,15 +24,8 @@ import polars as pl
 from deltalake import DeltaTable, write_deltalake
 from deltalake import __version__ as deltalake_version
 
-RESULTS = Path(__file__).resolve().parent / "results"
-
-
-def cpu_model() -> str:
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return "unknown"
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks._common import RESULTS, cpu_model  # noqa: E402
 
 
 def build(path: Path, commits: int, rows: int, checkpoint_every: int) -> float:

@@ -286,14 +286,6 @@ def measure(n: int, repeats: int, endpoint: str) -> dict[str, Any]:
     return result
 
 
-def cpu_model() -> str:
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return "unknown"
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="sizes 10^3 and 10^4, 2 repeats")
@@ -310,7 +302,7 @@ def main() -> int:
         os.environ.pop(var, None)
     os.environ.update({"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench",
                        "AWS_DEFAULT_REGION": "us-east-1"})
-    from benchmarks._common import write_result
+    from benchmarks._common import cpu_model, write_result
 
     runs = []
     with moto_server() as endpoint:
