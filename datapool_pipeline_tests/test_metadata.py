@@ -21,8 +21,8 @@ from datapool_pipeline.storage import LocalStorage
 from datapool_pipeline.workflow.embeddings import embed_shard
 from datapool_pipeline.workflow.frames import extract_shard_frames
 from datapool_pipeline_tests.helpers import TINY_FINGERPRINT, tiny_embedder
-from datapool_pipeline_tests.test_strategies import _select, clustered
-from datapool_pipeline_tests.test_workflow import images_spec
+from datapool_pipeline_tests.test_strategies import clustered
+from datapool_pipeline_tests.test_workflow import images_spec, select_new
 
 DIVERSITY = {"input": {"type": "EMBEDDINGS"}, "strategy": {"type": "DIVERSITY"}}
 
@@ -191,7 +191,7 @@ def test_images_metadata_threshold_removes_black_and_weights_prefer_sharp(tmp_pa
     kinds = write_mixed_images(Path(spec.input))
     threshold = {"input": {"type": "METADATA", "key": "brightness"},
                  "strategy": {"type": "THRESHOLD", "threshold": 20, "operation": "BIGGER"}}
-    summary = _select(spec, {"selection_config": {"n_samples": 7, "strategies": [DIVERSITY, threshold]}}, "r1", 0)
+    summary = select_new(spec, {"selection_config": {"n_samples": 7, "strategies": [DIVERSITY, threshold]}}, "r1", 0)
     emb = _embeddings(spec)
     by_kind = {kind: emb.filter(pl.col("raw_key").is_in([k for k, v in kinds.items() if v == kind]))
                for kind in ("sharp", "black", "blurred")}
@@ -213,7 +213,7 @@ def test_images_metadata_threshold_removes_black_and_weights_prefer_sharp(tmp_pa
 
     # WEIGHTS on sharpness (strong): the two picks are sharp images, never the blurred or black ones.
     weights = {"input": {"type": "METADATA", "key": "sharpness"}, "strategy": {"type": "WEIGHTS", "strength": 4}}
-    summary = _select(spec, {"selection_config": {"n_samples": 3, "strategies": [DIVERSITY, weights]}}, "r2", 1)
+    summary = select_new(spec, {"selection_config": {"n_samples": 3, "strategies": [DIVERSITY, weights]}}, "r2", 1)
     _, picks, _ = store.read_staging("r2")  # type: ignore[misc]
     assert summary.selected == 3 and [kinds[k] for k in picks["raw_key"]] == ["sharp"] * 3
     store.delete_staging("r2")
@@ -222,13 +222,13 @@ def test_images_metadata_threshold_removes_black_and_weights_prefer_sharp(tmp_pa
     impossible = {**threshold, "strategy": {**threshold["strategy"], "threshold": 1000}}
     message = r"THRESHOLD strategies removed all 7 new samples \(brightness BIGGER 1000: 7\)"
     with pytest.raises(RunAborted, match=message):
-        _select(spec, {"selection_config": {"n_samples": 3, "strategies": [DIVERSITY, impossible]}}, "r3", 2)
+        select_new(spec, {"selection_config": {"n_samples": 3, "strategies": [DIVERSITY, impossible]}}, "r3", 2)
 
 
 def test_old_shards_without_metadata_still_load_and_thresholds_say_to_re_embed(tmp_path: Path) -> None:
     spec = images_spec(tmp_path)
     write_mixed_images(Path(spec.input))
-    first = _select(spec, {"selection_config": {"n_samples": 2}}, "r1", 0)
+    first = select_new(spec, {"selection_config": {"n_samples": 2}}, "r1", 0)
     store = DatapoolStore(LocalStorage(spec.output))
     store.delete_staging("r1")
     # Rewrite the cached embeddings as a shard written before the metadata columns existed.
@@ -236,7 +236,7 @@ def test_old_shards_without_metadata_still_load_and_thresholds_say_to_re_embed(t
         df = store.read_shard_embeddings(shard, TINY_FINGERPRINT)
         assert df is not None
         store.write_shard_embeddings(shard, TINY_FINGERPRINT, df.drop(list(metadata.METADATA_SCHEMA)))
-    again = _select(spec, {"selection_config": {"n_samples": 2}}, "r2", 1)  # DIVERSITY alone: same picks
+    again = select_new(spec, {"selection_config": {"n_samples": 2}}, "r2", 1)  # DIVERSITY alone: same picks
     _, picks, _ = store.read_staging("r2")  # type: ignore[misc]
     assert again.selected == first.selected == 2 and picks.height == 2
     store.delete_staging("r2")
@@ -244,7 +244,7 @@ def test_old_shards_without_metadata_still_load_and_thresholds_say_to_re_embed(t
                  "strategy": {"type": "THRESHOLD", "threshold": 20, "operation": "BIGGER"}}
     with pytest.raises(RunAborted, match="METADATA key.s. brightness have no value for any of the 7 new samples: "
                                          "shard.s. .* were embedded before the built-in metadata existed"):
-        _select(spec, {"selection_config": {"n_samples": 2, "strategies": [DIVERSITY, threshold]}}, "r3", 2)
+        select_new(spec, {"selection_config": {"n_samples": 2, "strategies": [DIVERSITY, threshold]}}, "r3", 2)
 
 
 def test_video_frames_get_timestamp_duration_resolution_and_low_brightness_when_black(tmp_path: Path) -> None:
@@ -262,7 +262,7 @@ def test_video_frames_get_timestamp_duration_resolution_and_low_brightness_when_
     input_storage, store = LocalStorage(spec.input), DatapoolStore(LocalStorage(spec.output))
     threshold = {"input": {"type": "METADATA", "key": "brightness"},
                  "strategy": {"type": "THRESHOLD", "threshold": 20, "operation": "BIGGER_EQUAL"}}
-    summary = _select(spec, {"selection_config": {"n_samples": 10, "strategies": [DIVERSITY, threshold]}}, "v1", 0)
+    summary = select_new(spec, {"selection_config": {"n_samples": 10, "strategies": [DIVERSITY, threshold]}}, "v1", 0)
     shard = store.read_registry()["shard_id"][0]
     extract_shard_frames(spec, store, input_storage, shard)
     emb = embed_shard(spec, store, input_storage, tiny_embedder(), shard)  # cached
@@ -288,7 +288,7 @@ def test_dataset_filter_drops_black_and_blurred_frames_and_counts_them(tmp_path:
         "filters": {"drop_black": True, "drop_blurred": True, "blurred_max_sharpness": 100}}}}
     spec = parse_datasets(raw, tmp_path)["imgs"]
     kinds = write_mixed_images(Path(spec.input))
-    summary = _select(spec, {"selection_config": {"n_samples": 7}}, "f1", 0)
+    summary = select_new(spec, {"selection_config": {"n_samples": 7}}, "f1", 0)
     assert summary.filtered == {"black": 2, "blurred": 2}
     assert (summary.candidates, summary.selected) == (3, 3)
     store = DatapoolStore(LocalStorage(spec.output))
@@ -299,7 +299,7 @@ def test_dataset_filter_drops_black_and_blurred_frames_and_counts_them(tmp_path:
 
     everything = {**raw["datasets"]["imgs"], "filters": {"drop_blurred": True, "blurred_max_sharpness": 1e9}}
     with pytest.raises(RunAborted, match=r"filter \(datasets.yaml filters\) dropped all 7 new samples \(7 blurred\)"):
-        _select(parse_datasets({"datasets": {"imgs": everything}}, tmp_path)["imgs"],
+        select_new(parse_datasets({"datasets": {"imgs": everything}}, tmp_path)["imgs"],
                 {"selection_config": {"n_samples": 2}}, "f2", 1)
 
     bad = {**raw["datasets"]["imgs"], "filters": {"drop_black": True, "black_max_brightness": 300}}

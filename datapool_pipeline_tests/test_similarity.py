@@ -3,7 +3,6 @@ config errors, real runs with the tiny embedder, and (slow) a real open_clip tex
 
 from __future__ import annotations
 
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -14,19 +13,13 @@ import pytest
 from datapool_pipeline.config import SelectionConfig, parse_run_config
 from datapool_pipeline.datapool import DatapoolStore
 from datapool_pipeline.datasets import DatasetSpec
-from datapool_pipeline.embedding import EmbeddingModel
 from datapool_pipeline.errors import ConfigError, RunAborted
 from datapool_pipeline.selection import greedy_k_center, strategies
 from datapool_pipeline.storage import LocalStorage
 from datapool_pipeline.workflow.commit import commit_staged
-from datapool_pipeline.workflow.discovery import assign_shards, list_inventory, plan_run, unprocessed
-from datapool_pipeline.workflow.embeddings import embed_shard
-from datapool_pipeline.workflow.frames import extract_shard_frames
-from datapool_pipeline.workflow.relevant import restrict_to_relevant
-from datapool_pipeline.workflow.selection import SelectionSummary, select_for_run
 from datapool_pipeline_tests.helpers import TEST_MODEL, tiny_embedder
 from datapool_pipeline_tests.test_strategies import clustered, unit
-from datapool_pipeline_tests.test_workflow import START, images_spec, write_images
+from datapool_pipeline_tests.test_workflow import images_spec, select_new, write_images
 
 DIVERSITY = {"input": {"type": "EMBEDDINGS"}, "strategy": {"type": "DIVERSITY"}}
 
@@ -141,25 +134,6 @@ def test_launchpad_config_accepts_similarity_and_relevant_filenames() -> None:
 # -- real runs with the tiny embedder --------------------------------------------------------------------------
 
 
-def _select(spec: DatasetSpec, raw_config: dict, staging_id: str, minutes: int = 0,
-            model: EmbeddingModel | None = None) -> SelectionSummary:
-    """raw_files (with the relevant-filenames restriction) -> frames -> embeddings -> selection."""
-    input_storage, store = LocalStorage(spec.input), DatapoolStore(LocalStorage(spec.output))
-    run_config = parse_run_config(raw_config)
-    files = list_inventory(spec, input_storage).files
-    todo = files if run_config.process_all else unprocessed(files, store.load_state().processed)
-    shards, _ = assign_shards(spec, store, todo)
-    plan = plan_run(spec, store, input_storage, shards, process_all=run_config.process_all)
-    plan = restrict_to_relevant(plan, run_config.selection_config, input_storage)
-    embedder = model or tiny_embedder()
-    for shard in shards:
-        extract_shard_frames(spec, store, input_storage, shard)
-        embed_shard(spec, store, input_storage, embedder, shard)
-    return select_for_run(spec, store, plan, run_config, staging_id=staging_id,
-                          started_at=START + timedelta(minutes=minutes), fingerprint=embedder.fingerprint,
-                          dim=embedder.dim, input_storage=input_storage, query_model=lambda: embedder)
-
-
 def _picked_keys(spec: DatasetSpec, staging_id: str) -> list[str]:
     entry = DatapoolStore(LocalStorage(spec.output)).read_staging(staging_id)
     assert entry is not None
@@ -170,7 +144,7 @@ def test_query_image_key_is_picked_first_in_a_real_run(tmp_path: Path) -> None:
     spec = images_spec(tmp_path)
     write_images(Path(spec.input), 12)
     config = {"selection_config": {"n_samples": 4, "strategies": [DIVERSITY, similarity_entry(keys=["img_007.png"])]}}
-    summary = _select(spec, config, "run-1")
+    summary = select_new(spec, config, "run-1")
     assert _picked_keys(spec, "run-1")[0] == "img_007.png" and summary.selected == 4
     sim = summary.similarity
     assert sim is not None and sim["query"] == "keys" and sim["queries"] == 1
@@ -179,7 +153,7 @@ def test_query_image_key_is_picked_first_in_a_real_run(tmp_path: Path) -> None:
     meta = DatapoolStore(LocalStorage(spec.output)).read_staging("run-1")
     assert meta is not None and meta[0]["similarity"]["pick_scores"] == sim["pick_scores"]
     # Without SIMILARITY the same run picks something else first (the query is not the farthest image).
-    plain = _select(spec, {"selection_config": {"n_samples": 4}}, "run-plain")
+    plain = select_new(spec, {"selection_config": {"n_samples": 4}}, "run-plain")
     assert _picked_keys(spec, "run-plain")[0] != "img_007.png" and plain.similarity is None
 
 
@@ -191,7 +165,7 @@ def test_missing_or_undecodable_query_keys_name_the_field(tmp_path: Path) -> Non
         config = {"selection_config": {"n_samples": 2,
                                        "strategies": [DIVERSITY, similarity_entry(keys=["img_000.png", key])]}}
         with pytest.raises(ConfigError, match=rf"selection_config.strategies\[1\].input.keys\[1\]: {key} {reason}"):
-            _select(spec, config, "run-x")
+            select_new(spec, config, "run-x")
     assert DatapoolStore(LocalStorage(spec.output)).staging_ids() == []
 
 
@@ -211,7 +185,7 @@ def test_text_queries_run_end_to_end_with_the_tiny_embedder(tmp_path: Path) -> N
     write_images(Path(spec.input), 8)
     text = ["a dark street at night", "a red car"]
     config = {"selection_config": {"n_samples": 3, "strategies": [DIVERSITY, similarity_entry(text=text)]}}
-    summary = _select(spec, config, "run-1")
+    summary = select_new(spec, config, "run-1")
     assert summary.selected == 3 and summary.similarity is not None
     assert summary.similarity["query"] == "text" and summary.similarity["queries"] == 2
     # The tiny embedder's text vectors are fixed random directions (seeded by the text): the first pick is
@@ -228,7 +202,7 @@ def test_a_model_without_a_text_tower_refuses_text_queries(tmp_path: Path) -> No
     no_text.encode_text = None
     config = {"selection_config": {"n_samples": 2, "strategies": [DIVERSITY, similarity_entry(text=["a"])]}}
     with pytest.raises(ConfigError, match="has no text tower: text queries .* need an open_clip model"):
-        _select(spec, config, "run-1", model=no_text)
+        select_new(spec, config, "run-1", model=no_text)
 
 
 def test_a_frame_of_one_video_as_query_picks_that_videos_frames_first(tmp_path: Path) -> None:
@@ -245,11 +219,11 @@ def test_a_frame_of_one_video_as_query_picks_that_videos_frames_first(tmp_path: 
     Image.fromarray(still).save(Path(spec.input) / "query.png")
     config = {"selection_config": {"n_samples": 6, "strategies": [
         DIVERSITY, similarity_entry(5.0, keys=["query.png"])]}}
-    summary = _select(spec, config, "run-1")
+    summary = select_new(spec, config, "run-1")
     keys = _picked_keys(spec, "run-1")
     assert keys[0] == "b.mp4" and summary.similarity is not None
     assert summary.similarity["pick_scores"][0] > 0.99
-    plain = _select(spec, {"selection_config": {"n_samples": 6}}, "run-plain")
+    plain = select_new(spec, {"selection_config": {"n_samples": 6}}, "run-plain")
     assert plain.selected == 6 and _picked_keys(spec, "run-plain")[0] != "b.mp4"  # not b.mp4 by chance
     assert keys[:3] == ["b.mp4"] * 3 and keys.count("b.mp4") > _picked_keys(spec, "run-plain").count("b.mp4")
 
@@ -264,7 +238,7 @@ def test_relevant_filenames_restrict_the_candidates_and_leave_the_rest_for_later
     (Path(spec.input) / "relevant.txt").write_text("# the night shots\nimg_001.png\n\nimg_004.png\n  img_009.png \n"
                                                    "missing.png\n")
     config = {"selection_config": {"n_samples": 5, "relevant_filenames_file": "relevant.txt"}}
-    first = _select(spec, config, "run-1")
+    first = select_new(spec, config, "run-1")
     assert (first.candidates, first.selected) == (3, 3)
     assert sorted(_picked_keys(spec, "run-1")) == ["img_001.png", "img_004.png", "img_009.png"]
     commit_staged(spec, store, LocalStorage(spec.input), "run-1", run_id="run-1")
@@ -273,10 +247,10 @@ def test_relevant_filenames_restrict_the_candidates_and_leave_the_rest_for_later
     # The inline list and the file combine; files outside them stay unprocessed for later runs.
     config = {"worker_config": {"use_datapool": True},
               "selection_config": {"n_samples": 5, "relevant_filenames": ["img_002.png", "img_003.png"]}}
-    second = _select(spec, config, "run-2", minutes=1)
+    second = select_new(spec, config, "run-2", minutes=1)
     assert sorted(_picked_keys(spec, "run-2")) == ["img_002.png", "img_003.png"] and second.candidates == 2
     commit_staged(spec, store, LocalStorage(spec.input), "run-2", run_id="run-2")
-    third = _select(spec, {"worker_config": {"use_datapool": True}, "selection_config": {"n_samples": 20}},
+    third = select_new(spec, {"worker_config": {"use_datapool": True}, "selection_config": {"n_samples": 20}},
                     "run-3", minutes=2)
     assert third.candidates == 7  # the 12 images minus the 5 relevant ones already processed
 
@@ -286,12 +260,12 @@ def test_relevant_filenames_errors(tmp_path: Path) -> None:
     write_images(Path(spec.input), 4)
     with pytest.raises(ConfigError, match="selection_config.relevant_filenames_file: lists/relevant.txt is not in "
                                           "the input datasource"):
-        _select(spec, {"selection_config": {"n_samples": 2, "relevant_filenames_file": "lists/relevant.txt"}}, "r")
+        select_new(spec, {"selection_config": {"n_samples": 2, "relevant_filenames_file": "lists/relevant.txt"}}, "r")
     (Path(spec.input) / "empty.txt").write_text("# nothing\n\n")
     with pytest.raises(ConfigError, match="selection_config.relevant_filenames_file: empty.txt lists no raw file"):
-        _select(spec, {"selection_config": {"n_samples": 2, "relevant_filenames_file": "empty.txt"}}, "r")
+        select_new(spec, {"selection_config": {"n_samples": 2, "relevant_filenames_file": "empty.txt"}}, "r")
     with pytest.raises(RunAborted, match="none of the 4 candidate raw file"):
-        _select(spec, {"selection_config": {"n_samples": 2, "relevant_filenames": ["other.png"]}}, "r")
+        select_new(spec, {"selection_config": {"n_samples": 2, "relevant_filenames": ["other.png"]}}, "r")
     assert DatapoolStore(LocalStorage(spec.output)).staging_ids() == []
 
 
@@ -316,12 +290,12 @@ def test_open_clip_text_tower_with_random_weights_runs_text_queries_end_to_end(t
 
     config = {"selection_config": {"n_samples": 3, "strategies": [
         DIVERSITY, similarity_entry(text=["a dark street at night"], strength=2.0)]}}
-    summary = _select(spec, config, "run-text", model=model)
+    summary = select_new(spec, config, "run-text", model=model)
     assert summary.selected == 3 and summary.similarity is not None and summary.similarity["query"] == "text"
     assert summary.similarity["pick_scores"][0] == pytest.approx(summary.similarity["candidates_max"], abs=1e-4)
 
     config = {"selection_config": {"n_samples": 3, "strategies": [DIVERSITY, similarity_entry(keys=["img_005.png"])]}}
-    _select(spec, config, "run-keys", model=model)
+    select_new(spec, config, "run-keys", model=model)
     assert _picked_keys(spec, "run-keys")[0] == "img_005.png"
 
 

@@ -11,17 +11,11 @@ import pytest
 
 from datapool_pipeline.config import SelectionConfig, parse_run_config
 from datapool_pipeline.datapool import DatapoolStore
-from datapool_pipeline.datasets import DatasetSpec
 from datapool_pipeline.errors import ConfigError, RunAborted
 from datapool_pipeline.selection import greedy_k_center, strategies
 from datapool_pipeline.storage import LocalStorage
 from datapool_pipeline.workflow.commit import commit_staged
-from datapool_pipeline.workflow.discovery import assign_shards, list_inventory, plan_run, unprocessed
-from datapool_pipeline.workflow.embeddings import embed_shard
-from datapool_pipeline.workflow.frames import extract_shard_frames
-from datapool_pipeline.workflow.selection import SelectionSummary, select_for_run
-from datapool_pipeline_tests.helpers import tiny_embedder
-from datapool_pipeline_tests.test_workflow import START, images_spec, write_images
+from datapool_pipeline_tests.test_workflow import images_spec, select_new, write_images
 
 
 def unit(x: np.ndarray) -> np.ndarray:
@@ -147,23 +141,6 @@ def test_wrong_strategy_configs_name_the_field(strategy_list: list, message: str
     assert message in str(info.value) and "\n" not in str(info.value)
 
 
-def _select(spec: DatasetSpec, raw_config: dict, staging_id: str, minutes: int) -> SelectionSummary:
-    input_storage, store = LocalStorage(spec.input), DatapoolStore(LocalStorage(spec.output))
-    run_config = parse_run_config(raw_config)
-    files = list_inventory(spec, input_storage).files
-    todo = files if run_config.process_all else unprocessed(files, store.load_state().processed)
-    shards, _ = assign_shards(spec, store, todo)
-    plan = plan_run(spec, store, input_storage, shards, process_all=run_config.process_all)
-    model = tiny_embedder()
-    for shard in shards:
-        extract_shard_frames(spec, store, input_storage, shard)
-        embed_shard(spec, store, input_storage, model, shard)
-    from datetime import timedelta
-
-    return select_for_run(spec, store, plan, run_config, staging_id=staging_id,
-                          started_at=START + timedelta(minutes=minutes), fingerprint=model.fingerprint, dim=model.dim)
-
-
 def test_real_runs_with_minimum_distance_and_typicality(tmp_path: Path) -> None:
     spec = images_spec(tmp_path)
     store = DatapoolStore(LocalStorage(spec.output))
@@ -175,7 +152,7 @@ def test_real_runs_with_minimum_distance_and_typicality(tmp_path: Path) -> None:
     ]
     # Empty datapool: the first pick is infinitely far from it; every later one is closer than 2.0 (the
     # largest distance of unit vectors), so the run stops after one pick and says why.
-    first = _select(spec, {"selection_config": {"n_samples": 5, "strategies": strategies_}}, "run-1", 0)
+    first = select_new(spec, {"selection_config": {"n_samples": 5, "strategies": strategies_}}, "run-1", 0)
     assert (first.requested, first.selected, first.stop_reason) == (5, 1, "minimum_distance")
     meta = store.read_staging("run-1")
     assert meta is not None and meta[0]["stop_reason"] == "minimum_distance" and meta[0]["requested"] == 5
@@ -189,12 +166,12 @@ def test_real_runs_with_minimum_distance_and_typicality(tmp_path: Path) -> None:
                      "selection_config": {"n_samples": 3, "strategies": strategies_}}
     with pytest.raises(RunAborted, match="nothing left to add: no new sample is at least "
                                          "stopping_condition_minimum_distance 2 from the datapool") as info:
-        _select(spec, second_config, "run-2", 1)
+        select_new(spec, second_config, "run-2", 1)
     assert "\n" not in str(info.value)
     assert store.load_state().size == 1 and len(store.load_commits()) == 1 and store.staging_ids() == []
 
     # Without the minimum distance the same run selects what it was asked for, TYPICALITY included.
     second_config["selection_config"]["strategies"] = [
         {"strategy": {"type": "DIVERSITY"}}, {"strategy": {"type": "TYPICALITY", "strength": 0.5}}]
-    third = _select(spec, second_config, "run-3", 2)
+    third = select_new(spec, second_config, "run-3", 2)
     assert (third.requested, third.selected, third.stop_reason) == (3, 3, "requested")

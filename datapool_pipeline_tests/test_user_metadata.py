@@ -4,7 +4,6 @@ in the input folder (BALANCE counting the datapool, table errors naming field an
 
 from __future__ import annotations
 
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -19,13 +18,8 @@ from datapool_pipeline.errors import ConfigError
 from datapool_pipeline.selection import greedy_k_center, strategies
 from datapool_pipeline.storage import LocalStorage
 from datapool_pipeline.workflow.commit import commit_staged
-from datapool_pipeline.workflow.discovery import assign_shards, list_inventory, plan_run, unprocessed
-from datapool_pipeline.workflow.embeddings import embed_shard
-from datapool_pipeline.workflow.frames import extract_shard_frames
-from datapool_pipeline.workflow.selection import SelectionSummary, select_for_run
-from datapool_pipeline_tests.helpers import tiny_embedder
 from datapool_pipeline_tests.test_strategies import clustered
-from datapool_pipeline_tests.test_workflow import START, write_images
+from datapool_pipeline_tests.test_workflow import select_new, write_images
 
 DIVERSITY = {"input": {"type": "EMBEDDINGS"}, "strategy": {"type": "DIVERSITY"}}
 BALANCE = {"input": {"type": "PREDICTIONS", "key": "weather"},
@@ -50,22 +44,6 @@ def write_table(spec: DatasetSpec, frame: pl.DataFrame) -> None:
         frame.write_csv(path)
     else:
         frame.write_ndjson(path)
-
-
-def _select(spec: DatasetSpec, raw_config: dict, staging_id: str, minutes: int) -> SelectionSummary:
-    input_storage, store = LocalStorage(spec.input), DatapoolStore(LocalStorage(spec.output))
-    run_config = parse_run_config(raw_config)
-    files = list_inventory(spec, input_storage).files
-    todo = unprocessed(files, store.load_state().processed)
-    shards, _ = assign_shards(spec, store, todo)
-    plan = plan_run(spec, store, input_storage, shards, process_all=False)
-    model = tiny_embedder()
-    for shard in shards:
-        extract_shard_frames(spec, store, input_storage, shard)
-        embed_shard(spec, store, input_storage, model, shard)
-    return select_for_run(spec, store, plan, run_config, staging_id=staging_id,
-                          started_at=START + timedelta(minutes=minutes), fingerprint=model.fingerprint, dim=model.dim,
-                          input_storage=input_storage)
 
 
 # ---- config -------------------------------------------------------------------------------------------
@@ -178,7 +156,7 @@ def test_balance_counts_the_datapool_a_pool_of_sunny_makes_the_run_pick_rain_fir
     labels |= {"img_004.png": "sunny", "img_005.png": "sunny", "img_006.png": "rain", "img_007.png": "rain"}
     write_table(spec, pl.DataFrame({"raw_key": list(labels), "weather": list(labels.values())}))
     # Run 1: the four sunny images become the datapool (BALANCE on an empty pool: any picks).
-    first = _select(spec, {"selection_config": {"n_samples": 4, "strategies": [DIVERSITY, BALANCE]}}, "r1", 0)
+    first = select_new(spec, {"selection_config": {"n_samples": 4, "strategies": [DIVERSITY, BALANCE]}}, "r1", 0)
     assert first.selected == 4 and first.balance is not None
     assert first.balance[0]["achieved"] == {"sunny": 1.0, "rain": 0.0}
     commit_staged(spec, store, LocalStorage(spec.input), "r1", run_id="r1")
@@ -186,7 +164,7 @@ def test_balance_counts_the_datapool_a_pool_of_sunny_makes_the_run_pick_rain_fir
     write_images(Path(spec.input), 4, start=4)
     config = {"worker_config": {"use_datapool": True},
               "selection_config": {"n_samples": 2, "strategies": [DIVERSITY, BALANCE]}}
-    second = _select(spec, config, "r2", 1)
+    second = select_new(spec, config, "r2", 1)
     meta, picks, _ = store.read_staging("r2")  # type: ignore[misc]
     assert picks.sort("pick_rank")["raw_key"].to_list()[0] in ("img_006.png", "img_007.png")
     assert sorted(picks["raw_key"]) == ["img_006.png", "img_007.png"]
@@ -214,12 +192,12 @@ def test_scores_from_a_csv_table_drive_threshold_and_weights(tmp_path: Path) -> 
     threshold = {"input": {"type": "SCORES", "key": "score"},
                  "strategy": {"type": "THRESHOLD", "threshold": 0.45, "operation": "BIGGER"}}
     weights = {"input": {"type": "SCORES", "key": "score"}, "strategy": {"type": "WEIGHTS", "strength": 10}}
-    summary = _select(spec, {"selection_config": {"n_samples": 8, "strategies": [DIVERSITY, threshold]}}, "s1", 0)
+    summary = select_new(spec, {"selection_config": {"n_samples": 8, "strategies": [DIVERSITY, threshold]}}, "s1", 0)
     assert (summary.threshold_removed, summary.selected) == (5, 3)
     _, picks, _ = store.read_staging("s1")  # type: ignore[misc]
     assert sorted(picks["raw_key"]) == ["img_005.png", "img_006.png", "img_007.png"]
     store.delete_staging("s1")
-    _select(spec, {"selection_config": {"n_samples": 1, "strategies": [DIVERSITY, weights]}}, "s2", 1)
+    select_new(spec, {"selection_config": {"n_samples": 1, "strategies": [DIVERSITY, weights]}}, "s2", 1)
     _, picks, _ = store.read_staging("s2")  # type: ignore[misc]
     # An empty pool makes every candidate's diversity equal at the first pick: the highest score wins.
     assert picks["raw_key"].to_list() == ["img_007.png"]
@@ -260,7 +238,7 @@ def test_table_errors_name_the_field_and_the_file_before_any_selection(
     if frame is not None:
         write_table(spec, pl.DataFrame(frame))
     with pytest.raises(ConfigError) as info:
-        _select(spec, {"selection_config": {"n_samples": 1, "strategies": [DIVERSITY, entry]}}, "e1", 0)
+        select_new(spec, {"selection_config": {"n_samples": 1, "strategies": [DIVERSITY, entry]}}, "e1", 0)
     assert message in str(info.value) and "\n" not in str(info.value)
     assert DatapoolStore(LocalStorage(spec.output)).staging_ids() == []
 
@@ -271,7 +249,7 @@ def test_an_unreadable_table_is_a_one_line_error(tmp_path: Path) -> None:
     (Path(spec.input) / "labels.parquet").write_bytes(b"not parquet at all")
     with pytest.raises(ConfigError, match=r"^datasets\.imgs\.metadata\.file: labels\.parquet is not a readable "
                                           r"parquet table \(.*\)$"):
-        _select(spec, {"selection_config": {"n_samples": 1, "strategies": [DIVERSITY, BALANCE]}}, "e2", 0)
+        select_new(spec, {"selection_config": {"n_samples": 1, "strategies": [DIVERSITY, BALANCE]}}, "e2", 0)
 
 
 def test_video_frames_take_their_rows_by_frame_index(tmp_path: Path) -> None:
@@ -292,7 +270,7 @@ def test_video_frames_take_their_rows_by_frame_index(tmp_path: Path) -> None:
                                     "light": ["day", "night"] * 5}))
     balance = {"input": {"type": "METADATA", "key": "light"},
                "strategy": {"type": "BALANCE", "target": {"night": 1.0}, "strength": 3}}
-    summary = _select(spec, {"selection_config": {"n_samples": 3, "strategies": [DIVERSITY, balance]}}, "v1", 0)
+    summary = select_new(spec, {"selection_config": {"n_samples": 3, "strategies": [DIVERSITY, balance]}}, "v1", 0)
     _, picks, _ = DatapoolStore(LocalStorage(spec.output)).read_staging("v1")  # type: ignore[misc]
     assert [i % 2 for i in picks["frame_index"]] == [1, 1, 1]
     assert summary.balance is not None and summary.balance[0]["picks"] == {"night": 3, "day": 0}

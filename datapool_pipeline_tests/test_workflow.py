@@ -15,6 +15,7 @@ from PIL import Image
 from datapool_pipeline.config import parse_run_config
 from datapool_pipeline.datapool import Commit, DatapoolStore
 from datapool_pipeline.datasets import DatasetSpec
+from datapool_pipeline.embedding.model import EmbeddingModel
 from datapool_pipeline.errors import ConcurrentCommitError, RunAborted
 from datapool_pipeline.storage import LocalStorage
 from datapool_pipeline.workflow.commit import commit_staged
@@ -27,10 +28,31 @@ from datapool_pipeline.workflow.discovery import (
 )
 from datapool_pipeline.workflow.embeddings import embed_shard
 from datapool_pipeline.workflow.frames import extract_shard_frames
+from datapool_pipeline.workflow.relevant import restrict_to_relevant
 from datapool_pipeline.workflow.selection import SelectionSummary, select_for_run
 from datapool_pipeline_tests.helpers import TINY_FINGERPRINT, add_videos, tiny_embedder
 
 START = datetime(2025, 1, 1, tzinfo=timezone.utc)
+
+
+def select_new(spec: DatasetSpec, raw_config: dict, staging_id: str, minutes: int = 0,
+               model: EmbeddingModel | None = None) -> SelectionSummary:
+    """raw_files (with the relevant-filenames restriction) -> frames -> embeddings -> selection of the files
+    no commit processed (all with process_all), with the tiny embedder unless `model` is given."""
+    input_storage, store = LocalStorage(spec.input), DatapoolStore(LocalStorage(spec.output))
+    run_config = parse_run_config(raw_config)
+    files = list_inventory(spec, input_storage).files
+    todo = files if run_config.process_all else unprocessed(files, store.load_state().processed)
+    shards, _ = assign_shards(spec, store, todo)
+    plan = plan_run(spec, store, input_storage, shards, process_all=run_config.process_all)
+    plan = restrict_to_relevant(plan, run_config.selection_config, input_storage)
+    embedder = model or tiny_embedder()
+    for shard in shards:
+        extract_shard_frames(spec, store, input_storage, shard)
+        embed_shard(spec, store, input_storage, embedder, shard)
+    return select_for_run(spec, store, plan, run_config, staging_id=staging_id,
+                          started_at=START + timedelta(minutes=minutes), fingerprint=embedder.fingerprint,
+                          dim=embedder.dim, input_storage=input_storage, query_model=lambda: embedder)
 
 
 def write_images(folder: Path, count: int, start: int = 0) -> None:

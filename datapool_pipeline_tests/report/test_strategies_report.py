@@ -25,7 +25,7 @@ from datapool_pipeline.storage import LocalStorage
 from datapool_pipeline.workflow.commit import commit_staged
 from datapool_pipeline_tests.helpers import TINY_FINGERPRINT
 from datapool_pipeline_tests.test_metadata import write_mixed_images
-from datapool_pipeline_tests.test_similarity import _select
+from datapool_pipeline_tests.test_workflow import select_new
 
 DIVERSITY = {"input": {"type": "EMBEDDINGS"},
              "strategy": {"type": "DIVERSITY", "stopping_condition_minimum_distance": 0.0001}}
@@ -48,7 +48,7 @@ def committed(tmp_path: Path):  # noqa: ANN201
     kinds = write_mixed_images(Path(spec.input))  # 3 sharp, 2 black, 2 blurred
     config = {"selection_config": {"n_samples": 2,
                                    "strategies": [DIVERSITY, TYPICALITY, SIMILARITY, THRESHOLD, WEIGHTS]}}
-    summary = _select(spec, config, "run-1")
+    summary = select_new(spec, config, "run-1")
     assert (summary.filtered, summary.threshold_removed, summary.candidates, summary.selected) == (
         {"black": 2}, 2, 3, 2)
     store = DatapoolStore(LocalStorage(spec.output))
