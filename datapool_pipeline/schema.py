@@ -63,37 +63,35 @@ def describe(exc: ValidationError, model: type[BaseModel], where: str = "") -> s
     return f"{path}: {_plain(error, model, loc) or message}, got {error.get('input')!r}"
 
 
-def _field_bound(model: type[BaseModel], loc: list[Any], name: str) -> Any:
+def _walk(model: type[BaseModel], loc: list[Any]) -> tuple[Any, Any]:
+    """(the FieldInfo of the last field `loc` names, the model found at `loc`); dict keys and list indexes
+    are skipped, so ('datasets', 'ds', 'embedding') ends at DatasetSpec.embedding and EmbeddingSpec."""
     current: Any = model
-    metadata: list[Any] = []
+    last: Any = None
     for part in loc:
         info = _field(current, part)
         if info is not None:
-            metadata = info.metadata
-            current = _inner_model(info.annotation)
+            last, current = info, _inner_model(info.annotation)
+    return last, current
+
+
+def _field_bound(model: type[BaseModel], loc: list[Any], name: str) -> Any:
+    info, _ = _walk(model, loc)
+    metadata = info.metadata if info is not None else []
     return next((getattr(m, name) for m in metadata if hasattr(m, name)), None)
 
 
 def _literal_choices(model: type[BaseModel], loc: list[Any]) -> list[str]:
-    current: Any = model
-    annotation: Any = None
-    for part in loc:
-        if isinstance(part, str) and _is_model(current) and part in current.model_fields:
-            annotation = current.model_fields[part].annotation
-            current = _inner_model(annotation)
+    info, _ = _walk(model, loc)
+    annotation = info.annotation if info is not None else None
     while typing.get_origin(annotation) in (typing.Union, types.UnionType):
         annotation = next(a for a in typing.get_args(annotation) if a is not type(None))
     return [str(a) for a in typing.get_args(annotation)] if typing.get_origin(annotation) is typing.Literal else []
 
 
 def _field_extra(model: type[BaseModel], loc: list[Any]) -> dict[str, Any]:
-    current: Any = model
-    extra: Any = {}
-    for part in loc:
-        info = _field(current, part)
-        if info is not None:
-            extra = info.json_schema_extra or {}
-            current = _inner_model(info.annotation)
+    info, _ = _walk(model, loc)
+    extra = (info.json_schema_extra if info is not None else None) or {}
     return extra if isinstance(extra, dict) else {}
 
 
@@ -146,11 +144,7 @@ def field_path(loc: list[Any], where: str = "") -> str:
 
 def allowed_fields(model: type[BaseModel], loc: list[Any]) -> set[str]:
     """The field names of the model found at `loc` inside `model` (dict keys and list indexes skipped)."""
-    current: Any = model
-    for part in loc:
-        info = _field(current, part)
-        if info is not None:
-            current = _inner_model(info.annotation)
+    _, current = _walk(model, loc)
     if not _is_model(current):
         return set()
     # Fields filled in by the loader (a dataset's name comes from its key) are not for users to write.
@@ -162,13 +156,8 @@ def allowed_fields(model: type[BaseModel], loc: list[Any]) -> set[str]:
 
 
 def _doc(model: type[BaseModel], loc: list[Any]) -> str:
-    current: Any = model
-    description = ""
-    for part in loc:
-        info = _field(current, part)
-        if info is not None:
-            description = info.description or ""
-            current = _inner_model(info.annotation)
+    info, _ = _walk(model, loc)
+    description = (info.description if info is not None else None) or ""
     first = description.split(". ")[0].rstrip(".")
     return first[:1].lower() + first[1:]
 
