@@ -43,3 +43,17 @@ def video_with_static_segments(path: Path, segment_s: float, fps: int = 10) -> P
     concat = "".join(f"[a{i}][b{i}]" for i in range(len(sources)))
     graph = ";".join(parts) + f";{concat}concat=n={2 * len(sources)}:v=1:a=0,fps={fps}[out]"
     return _encode([*inputs, "-filter_complex", graph, "-map", "[out]"], path)
+
+
+def video_from_source(path: Path, source: str, seconds: float, size: str = "1280x720", fps: int = 30) -> Path:
+    """An H.264 video of an ffmpeg test source (`name` or `name=opt=v:...`, size and rate added here) with
+    a slow hue rotation, so that even still sources (smptehdbars) change from frame to frame. Written to a
+    temporary name first: an interrupted run never leaves a partial file behind to be reused."""
+    if path.exists():
+        return path
+    name, _, options = source.partition("=")
+    spec = f"{name}=size={size}:rate={fps}" + (f":{options}" if options else "")
+    partial = path.with_name(f".partial-{path.name}")
+    _encode(["-f", "lavfi", "-i", spec, "-t", str(seconds), "-vf", "hue=h=t*40:s=1+0.5*sin(t)"], partial)
+    partial.rename(path)
+    return path
