@@ -57,3 +57,14 @@ def video_from_source(path: Path, source: str, seconds: float, size: str = "1280
     _encode(["-f", "lavfi", "-i", spec, "-t", str(seconds), "-vf", "hue=h=t*40:s=1+0.5*sin(t)"], partial)
     partial.rename(path)
     return path
+
+
+def looped(clip: Path, path: Path, seconds: float) -> Path:
+    """`clip` repeated to `seconds` without re-encoding (stream copy): a long video in well under a second.
+    Decoding it costs what a long encode of the same content would; its content repeats every clip."""
+    if not path.exists():
+        partial = path.with_name(f".partial-{path.name}")
+        subprocess.run([ffmpeg_executable(), "-y", "-v", "error", "-stream_loop", "-1", "-i", str(clip), "-t",
+                        str(seconds), "-c", "copy", str(partial)], check=True)
+        partial.rename(path)
+    return path
