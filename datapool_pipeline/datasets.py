@@ -29,7 +29,7 @@ INPUT_NAME_RE = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$"
 INPUT_SEPARATOR = ":"
 """Between an input's name and a key in the sample ids of named inputs: `archive:2024/a.mp4`."""
 _OWNER_RE = re.compile(r"^team:[A-Za-z0-9_-]+$|^[^@\s]+@[^@\s]+$")
-EMBEDDING_PRECISIONS = ("auto", "int8", "fp32", "bf16")
+EMBEDDING_PRECISIONS = ("auto", "int8", "fp32", "bf16")  # the values of the former key embedding.precision
 
 
 class EmbeddingSpec(StrictModel):
@@ -46,18 +46,38 @@ class EmbeddingSpec(StrictModel):
         default="auto", pattern=r"^(auto|cpu|cuda(:\d+)?|mps)$", description="auto, cpu, cuda, cuda:N or mps."
     )
     seed: int = Field(default=0, description="Seed of the random weights when pretrained is none.")
-    precision: Literal["auto", "int8", "fp32", "bf16"] = Field(
+    runtime: Literal["auto", "fp32", "int8", "bf16", "onnx", "onnx-int8", "openvino"] = Field(
         default="auto",
-        description="CPU arithmetic: auto (= int8), int8, fp32 or bf16. Not part of the fingerprint: every "
-        "choice stays within cosine 0.999 of fp32, so cached embeddings remain comparable.",
+        description="What runs the model on CPU: auto (the fastest runtime this machine offers whose embeddings "
+        "keep cosine >= 0.99 to fp32, measured at load time), fp32, int8, bf16, onnx, onnx-int8 (extra [onnx]) or "
+        "openvino (extra [openvino]). Not part of the fingerprint: every runtime is checked against fp32 at load "
+        "time and refused below cosine 0.99, so cached embeddings stay comparable. GPUs ignore it.",
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _former_precision_key(cls, data: Any) -> Any:
+        """`precision` (auto, int8, fp32, bf16) is the former name of `runtime` and still read."""
+        if not isinstance(data, dict) or "precision" not in data:
+            return data
+        data = dict(data)
+        value = data.pop("precision")
+        value = value.strip().lower() if isinstance(value, str) else value
+        if value not in EMBEDDING_PRECISIONS:
+            raise ValueError(f"precision: must be one of {', '.join(EMBEDDING_PRECISIONS)} (the former name of "
+                             f"embedding.runtime), got {value!r}")
+        if "runtime" in data and data["runtime"] != value:
+            raise ValueError(f"precision: is the former name of runtime; give runtime only (precision {value!r}, "
+                             f"runtime {data['runtime']!r})")
+        data["runtime"] = value
+        return data
 
     @field_validator("pretrained", mode="before")
     @classmethod
     def _none_means_random(cls, value: Any) -> Any:
         return None if isinstance(value, str) and value.strip().lower() in ("none", "") else value
 
-    @field_validator("precision", mode="before")
+    @field_validator("runtime", mode="before")
     @classmethod
     def _lower(cls, value: Any) -> Any:
         return value.strip().lower() if isinstance(value, str) else value

@@ -1,14 +1,9 @@
-"""The fast CPU path for open_clip image towers.
+"""The fast CPU path for open_clip image towers (the torch runtimes of runtimes.py build on it).
 
-Measured on a 2-core AVX2 machine (benchmarks/bench_embedding.py): `nn.MultiheadAttention` is replaced
-by one fused QKV `Linear` + `scaled_dot_product_attention` (same maths, fewer copies); optionally every
-`Linear` is quantized to int8 with dynamic activation scales (about 2x the GEMM throughput of fp32 on
-AVX2, cosine to fp32 > 0.999; the default, `embedding.precision: auto`), and the last block of a
-class-token ViT runs for that token only. bf16 autocast is only worth it with native bf16 instructions
-(AVX512_BF16 / AMX); without them it is ~10x slower, so it is never chosen automatically.
-On a 2-core AVX-512 machine with VNNI and AVX512_BF16 (ViT-B-32 image tower, batch 32, model only):
-fp32 eager 19.8 images/s, fused fp32 20.6, bf16 autocast 42.5 (cosine 0.9999), int8 66.6 (cosine
-0.9998): int8 stays the automatic choice there too.
+`nn.MultiheadAttention` is replaced by one fused QKV `Linear` + `scaled_dot_product_attention` (same
+maths, fewer copies), and the last block of a class-token ViT runs for that token only. `quantize_int8`
+turns every `Linear` into a dynamic int8 one (the `int8` runtime). Which runtime is fastest on which CPU,
+and by how much, is measured in benchmarks/bench_embedding.py (docs/performance.md, Embedding).
 """
 
 from __future__ import annotations
@@ -19,9 +14,6 @@ import warnings
 import torch
 import torch.nn.functional as F
 from torch import nn
-
-PRECISION_ENV = "DATAPOOL_CPU_PRECISION"
-CPU_PRECISIONS = ("fp32", "int8", "bf16")
 
 
 class FusedSelfAttention(nn.Module):
@@ -121,17 +113,6 @@ def quantize_int8(module: nn.Module) -> nn.Module:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return quantize_dynamic(module, {nn.Linear}, dtype=torch.qint8, inplace=False)
-
-
-def cpu_precision(configured: str = "auto") -> str:
-    """The CPU arithmetic to use: $DATAPOOL_CPU_PRECISION when set (benchmarks, experiments), else the
-    dataset's `embedding.precision`; `auto` is int8 (about 1.6x fp32 here, cosine to fp32 > 0.999)."""
-    value = os.environ.get(PRECISION_ENV, "").strip().lower() or configured
-    if value == "auto":
-        return "int8"
-    if value not in CPU_PRECISIONS:
-        raise ValueError(f"{PRECISION_ENV} must be one of {', '.join(CPU_PRECISIONS)}, got {value!r}")
-    return value
 
 
 def optimize_visual_for_cpu(visual: nn.Module, precision: str = "fp32") -> nn.Module:

@@ -4,6 +4,7 @@ checkpoint, or seeded random weights."""
 from __future__ import annotations
 
 import functools
+import logging
 import os
 import queue
 import threading
@@ -16,7 +17,8 @@ import torch
 import torch.nn.functional as F
 
 from datapool_pipeline.datasets import EmbeddingSpec
-from datapool_pipeline.embedding.fast_cpu import cpu_precision, optimize_visual_for_cpu, set_cpu_threads
+from datapool_pipeline.embedding import runtimes
+from datapool_pipeline.embedding.fast_cpu import set_cpu_threads
 from datapool_pipeline.errors import ConfigError, DatapoolError
 
 _PREFETCH_BATCHES = 2
@@ -37,8 +39,11 @@ def choose_device(requested: str) -> torch.device:
 
 
 def validate_embedding_spec(spec: EmbeddingSpec) -> None:
-    """Cheap checks that need no weights: the architecture and pretrained tag exist."""
+    """Cheap checks that need no weights: the architecture and pretrained tag exist, and the CPU runtime
+    asked for is installed."""
     import open_clip
+
+    runtimes.require(runtimes.requested_runtime(spec.runtime))
 
     if spec.model not in open_clip.list_models():
         raise ConfigError(
@@ -73,7 +78,10 @@ class EmbeddingModel:
     batch_size: int
     encode: Callable[[torch.Tensor], torch.Tensor] | None = field(default=None, repr=False)
     """Normalised NCHW float batch -> features; defaults to model.encode_image (see load_model)."""
-    precision: str = "fp32"
+    runtime: str = "fp32"
+    """What runs the image tower: a CPU runtime of runtimes.RUNTIMES, or cuda-fp16 / mps-fp32."""
+    runtime_note: str = ""
+    """How the runtime was chosen, with its measured frames/s (for the run's log and asset metadata)."""
     encode_text: Callable[[list[str]], torch.Tensor] | None = field(default=None, repr=False)
     """Texts -> features in the image embedding space (open_clip: its tokenizer + model.encode_text); None
     when the model has no text tower (then text queries are refused)."""
@@ -94,17 +102,23 @@ class EmbeddingModel:
             features = F.normalize(features.float(), dim=-1)
         return features.cpu().numpy().astype(np.float32, copy=False)
 
+    @property
+    def precision(self) -> str:
+        """The former name of `runtime`."""
+        return self.runtime
+
+    def normalise(self, frames: np.ndarray) -> torch.Tensor:
+        """uint8 frames (N, S, S, 3) -> the model's normalised float NCHW input on its device."""
+        x = torch.from_numpy(np.ascontiguousarray(frames)).to(self.device)
+        return x.permute(0, 3, 1, 2).float().div_(255.0).sub_(self.mean).div_(self.std)
+
     def embed(self, frames: np.ndarray) -> np.ndarray:
         """uint8 frames (N, S, S, 3), already resized to image_size, -> float32 (N, dim), unit norm."""
-        x = torch.from_numpy(np.ascontiguousarray(frames)).to(self.device)
-        x = x.permute(0, 3, 1, 2).float().div_(255.0).sub_(self.mean).div_(self.std)
+        x = self.normalise(frames)
         encode = self.encode or self.model.encode_image
         with torch.inference_mode():
             if self.device.type == "cuda":
                 with torch.autocast("cuda", dtype=torch.float16):
-                    features = encode(x)
-            elif self.precision == "bf16":
-                with torch.autocast("cpu", dtype=torch.bfloat16):
                     features = encode(x)
             else:
                 features = encode(x)
@@ -208,33 +222,38 @@ def _load_cached(spec: EmbeddingSpec) -> EmbeddingModel:
                 "and set embedding.pretrained to its local path"
             ) from None
     model = model.to(device).eval()
-    precision = "fp16" if device.type == "cuda" else "fp32"
-    encode: Callable[[torch.Tensor], torch.Tensor] | None = None
-    if device.type == "cpu":
-        precision = cpu_precision(spec.precision)
-        set_cpu_threads()
-        visual = optimize_visual_for_cpu(model.visual, precision)
-        encode = functools.partial(_encode_with, visual)
     cfg = open_clip.get_model_preprocess_cfg(model)
     size = cfg.get("size", 224)
     image_size = int(size[0] if isinstance(size, (tuple, list)) else size)
     mean = torch.tensor(cfg.get("mean", open_clip.OPENAI_DATASET_MEAN), device=device).view(1, 3, 1, 1)
     std = torch.tensor(cfg.get("std", open_clip.OPENAI_DATASET_STD), device=device).view(1, 3, 1, 1)
-    with torch.inference_mode():
-        dim = int((encode or model.encode_image)(torch.zeros(1, 3, image_size, image_size, device=device)).shape[-1])
-    return EmbeddingModel(
+    embedding = EmbeddingModel(
         model=model,
         image_size=image_size,
         mean=mean,
         std=std,
         device=device,
-        dim=dim,
+        dim=0,
         fingerprint=spec.fingerprint,
         batch_size=spec.batch_size,
-        encode=encode,
-        precision=precision,
         encode_text=functools.partial(_encode_text, model, spec.model, device),
     )
+    requested = runtimes.requested_runtime(spec.runtime)
+    if device.type == "cpu":
+        set_cpu_threads()
+        choice = runtimes.calibrate(runtimes.prepare_cpu_tower(model.visual), image_size, embedding.normalise,
+                                    requested, spec.batch_size)
+        embedding.encode, embedding.runtime, embedding.runtime_note = choice.encode, choice.runtime, choice.describe()
+        logging.getLogger(__name__).info("%s: embedding runtime %s", spec.model, embedding.runtime_note)
+    else:
+        # GPUs keep their own arithmetic (CUDA: fp16 autocast); embedding.runtime chooses among CPU runtimes.
+        embedding.runtime = "cuda-fp16" if device.type == "cuda" else f"{device.type}-fp32"
+        embedding.runtime_note = embedding.runtime + (f" (embedding.runtime {requested} applies to CPUs only)"
+                                                      if requested != "auto" else "")
+    with torch.inference_mode():
+        probe = torch.zeros(1, 3, image_size, image_size, device=device)
+        embedding.dim = int((embedding.encode or model.encode_image)(probe).shape[-1])
+    return embedding
 
 
 def _encode_text(model: torch.nn.Module, architecture: str, device: torch.device, texts: list[str]) -> torch.Tensor:
@@ -247,8 +266,3 @@ def _tokenizer(architecture: str) -> Callable[[list[str]], torch.Tensor]:
     import open_clip
 
     return open_clip.get_tokenizer(architecture)
-
-
-def _encode_with(visual: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """open_clip's encode_image(normalize=False) on a separately prepared image tower."""
-    return visual(x)
