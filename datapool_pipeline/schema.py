@@ -3,6 +3,8 @@
 Config models are pydantic models that forbid unknown keys and do not coerce types ("yes" is not a
 bool, 2.5 is not a count). A validation error becomes a ConfigError naming the field by its path, e.g.
 `selection_config.strategies[0].strategy.stopping_condition_minimum_distance: unknown field; allowed: type`.
+A value quoted in the line is cut to SHOWN_CHARS characters (a 10 kB string pasted into a field stays one
+readable line); a field marked `hide_input` (a place where a secret may be pasted by mistake) is never quoted.
 """
 
 from __future__ import annotations
@@ -17,6 +19,37 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from datapool_pipeline.errors import ConfigError
 
 Model = TypeVar("Model", bound=BaseModel)
+
+SHOWN_CHARS = 80
+"""At most this many characters of a value (or of a key in a field's path) are quoted in an error line."""
+
+
+def shown(value: Any, limit: int = SHOWN_CHARS) -> str:
+    """`repr(value)` for a one-line message: cut to `limit` characters with an ellipsis, saying how long the
+    value was, e.g. `'aaaa...' (10240 characters)` or `[1, 2, 3, ...] (5000 items)`."""
+    text = repr(value)
+    if len(text) <= limit:
+        return text
+    if isinstance(value, str | bytes):  # keep the closing quote or bracket
+        return f"{text[:limit - 4]}...{text[-1]} ({len(value)} characters)"
+    if isinstance(value, list | tuple | dict | set | frozenset):
+        return f"{text[:limit - 4]}...{text[-1]} ({len(value)} items)"
+    return f"{text[:limit - 3]}... ({len(text)} characters)"
+
+
+# A quoted Python string (repr) inside a message: 'text' or "text" with backslash escapes, not an apostrophe
+# inside a word (the dataset's table).
+_QUOTED = re.compile(r"(?<!\w)(?:'(?:[^'\\\n]|\\.)*'" + r'|"(?:[^"\\\n]|\\.)*")(?!\w)')
+
+
+def trim_quoted(message: str, limit: int = SHOWN_CHARS) -> str:
+    """`message` with every quoted string longer than `limit` cut (validators quote the values they refuse)."""
+
+    def cut(match: re.Match[str]) -> str:
+        text = match.group(0)
+        return text if len(text) <= limit else f"{text[:limit - 4]}...{text[0]} ({len(text) - 2} characters)"
+
+    return _QUOTED.sub(cut, message)
 
 
 class StrictModel(BaseModel):
@@ -44,11 +77,14 @@ def describe(exc: ValidationError, model: type[BaseModel], where: str = "") -> s
     error = next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])
     loc = list(error["loc"])
     path = field_path(loc, where)
+    if _field_extra(model, loc).get("hide_input"):  # e.g. a secret pasted where a variable's name belongs
+        return f"{path}: must be {_doc(model, loc)}"
     if error["type"] == "extra_forbidden":
         allowed = sorted(allowed_fields(model, loc[:-1]))
         return f"{path}: unknown field; allowed: {', '.join(allowed)}"
     # Sequences are tuples inside (hashable, frozen); users write lists.
     message = str(error["msg"]).removeprefix("Value error, ").replace("tuple", "list").replace("Tuple", "List")
+    message = trim_quoted(message)
     if error["type"] == "missing":
         return f"{path}: required, {_doc(model, loc) or 'missing'}"
     if error["type"] in ("value_error", "assertion_error"):
@@ -58,9 +94,7 @@ def describe(exc: ValidationError, model: type[BaseModel], where: str = "") -> s
             joint = "" if inner[1].startswith("[") or not path else "."
             path, message = f"{path}{joint}{inner[1]}", inner[2]
         return f"{path}: {message}" if path else message
-    if _field_extra(model, loc).get("hide_input"):  # e.g. a secret pasted where a variable's name belongs
-        return f"{path}: must be {_doc(model, loc)}"
-    return f"{path}: {_plain(error, model, loc) or message}, got {error.get('input')!r}"
+    return f"{path}: {_plain(error, model, loc) or message}, got {shown(error.get('input'))}"
 
 
 def _walk(model: type[BaseModel], loc: list[Any]) -> tuple[Any, Any]:
@@ -132,13 +166,15 @@ def _plain(error: Any, model: type[BaseModel], loc: list[Any]) -> str:
 
 
 def field_path(loc: list[Any], where: str = "") -> str:
-    """('selection_config', 'strategies', 0, 'strategy') -> selection_config.strategies[0].strategy"""
+    """('selection_config', 'strategies', 0, 'strategy') -> selection_config.strategies[0].strategy; a long
+    key (an unknown field, a mapping's key) is cut to SHOWN_CHARS characters."""
     text = where
     for part in loc:
         if isinstance(part, int):
             text += f"[{part}]"
         elif part not in ("function-after", "function-before") and not str(part).startswith("function-"):
-            text += f".{part}" if text else str(part)
+            name = str(part) if len(str(part)) <= SHOWN_CHARS else f"{str(part)[:SHOWN_CHARS - 3]}..."
+            text += f".{name}" if text else name
     return text
 
 

@@ -79,3 +79,37 @@ def test_bad_datasets_yaml_names_the_field(tmp_path: Path, body: dict, field: st
 def test_missing_datasets_file_says_how_to_fix(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="--datasets"):
         load_datasets(tmp_path / "nope.yaml")
+
+
+def test_long_values_are_trimmed_and_secrets_never_quoted(tmp_path: Path) -> None:
+    """A 10 kB string or a long list quoted in an error (by the schema or by a validator) is cut, so the
+    message stays one readable line; a credentials prefix field never quotes what was pasted into it."""
+    long_text = "x" * 10240
+    strategies = [{"input": {"type": "EMBEDDINGS"}, "strategy": {"type": "DIVERSITY"}},
+                  {"input": {"type": "EMBEDDINGS", "text": [" " * 5000]}, "strategy": {"type": "SIMILARITY"}}]
+    cases = [
+        ({"selection_config": {"n_samples": long_text}},
+         "selection_config.n_samples: must be a positive integer, got 'xxx", "...' (10240 characters)"),
+        ({"selection_config": {"n_samples": list(range(5000))}},
+         "selection_config.n_samples: must be a positive integer, got [0, 1, 2,", "...] (5000 items)"),
+        ({"selection_config": {"n_samples": 1, long_text: 1}}, "selection_config.xxx", "...: unknown field; allowed:"),
+        ({"selection_config": {"n_samples": 1, "strategies": strategies}},  # quoted by a validator
+         "selection_config.strategies[1].input.text[0]: must be a non-empty string, got '  ", "...' (5000 characters)"),
+    ]
+    for raw, start, part in cases:
+        with pytest.raises(ConfigError) as info:
+            parse_run_config(raw)
+        message = str(info.value)
+        assert message.startswith(start) and part in message and "\n" not in message and len(message) < 220, message
+    with pytest.raises(ConfigError) as info:
+        parse_datasets({"datasets": {"d": {"type": "IMAGES", "input": f"ftp://{long_text}", "output": "o"}}}, tmp_path)
+    assert "d.input[0].uri: unsupported location 'ftp://xxx" in str(info.value)
+    assert "...' (10246 characters): use a path" in str(info.value) and len(str(info.value)) < 220
+
+    secret = "wJalrXUtnFEMI/K7MDENG/" + "bPxRfiCYEXAMPLEKEY" * 500
+    with pytest.raises(ConfigError) as info:
+        parse_datasets({"datasets": {"d": {"type": "IMAGES", "input": "s3://in/x", "output": "s3://out/x",
+                                           "credentials": {"input": secret}}}}, tmp_path)
+    assert str(info.value).startswith("datasets.yaml: datasets.d.credentials.input: must be an environment-variable")
+    assert "wJalr" not in str(info.value) and len(str(info.value)) < 220
+
