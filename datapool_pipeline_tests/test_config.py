@@ -113,3 +113,49 @@ def test_long_values_are_trimmed_and_secrets_never_quoted(tmp_path: Path) -> Non
     assert str(info.value).startswith("datasets.yaml: datasets.d.credentials.input: must be an environment-variable")
     assert "wJalr" not in str(info.value) and len(str(info.value)) < 220
 
+
+def _yaml_examples(*files: Path) -> list[tuple[str, object]]:
+    """Every ```yaml block of the files, parsed: (file:line, document)."""
+    import re
+
+    import yaml
+
+    found = []
+    for file in files:
+        text = file.read_text()
+        for block in re.finditer(r"```ya?ml\n(.*?)```", text, re.S):
+            found.append((f"{file.name}:{text[:block.start()].count(chr(10)) + 2}", yaml.safe_load(block.group(1))))
+    return found
+
+
+def test_every_run_config_example_of_the_docs_is_valid(tmp_path: Path) -> None:
+    """The run-config examples of README.md and docs/*.md (every strategy's example in configuration.md among
+    them), and the sensors' run configs in datasets.yaml examples, parse with the real schema and pass the
+    launchpad's typed config, so the docs never show a config that would be refused."""
+    import dagster as dg
+
+    from datapool_pipeline.datasets import SensorSpec
+    from datapool_pipeline.definitions import build_definitions
+    from datapool_pipeline.schema import validate
+
+    root = Path(__file__).resolve().parents[1]
+    job = build_definitions(str(root / "datasets.yaml")).resolve_job_def("videos_datapool_launch")
+    strategies: set[str] = set()
+    checked = 0
+    for where, doc in _yaml_examples(root / "README.md", *sorted((root / "docs").glob("*.md"))):
+        if not isinstance(doc, dict):
+            continue
+        configs = [doc] if {"worker_config", "selection_config"} & set(doc) else []
+        for name, dataset in (doc.get("datasets") or {}).items():
+            if isinstance(dataset, dict) and isinstance(dataset.get("sensor"), dict):
+                sensor = validate(SensorSpec, dataset["sensor"], f"{where}: datasets.{name}.sensor")
+                configs.append(sensor.run_config)
+        for config in configs:
+            parsed = parse_run_config(config)
+            launchpad = dg.validate_run_config(job, {"ops": {"videos_datapool__find_new_files": {"config": config}}})
+            assert launchpad is not None, where
+            if where.startswith("configuration.md"):
+                strategies |= {entry.strategy.type for entry in parsed.selection_config.strategies}
+            checked += 1
+    assert checked >= 8
+    assert strategies == {"DIVERSITY", "TYPICALITY", "SIMILARITY", "WEIGHTS", "THRESHOLD", "BALANCE"}
