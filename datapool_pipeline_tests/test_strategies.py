@@ -12,7 +12,7 @@ import pytest
 from datapool_pipeline.config import SelectionConfig, parse_run_config
 from datapool_pipeline.datapool import DatapoolStore
 from datapool_pipeline.errors import ConfigError, RunAborted
-from datapool_pipeline.selection import greedy_k_center, strategies
+from datapool_pipeline.selection import greedy_k_center, kcenter, strategies
 from datapool_pipeline.storage import LocalStorage
 from datapool_pipeline.workflow.commit import commit_staged
 from datapool_pipeline_tests.test_workflow import images_spec, select_new, write_images
@@ -66,10 +66,13 @@ def test_minimum_distance_stops_early_and_covers_the_rest() -> None:
     # Every candidate left is closer than the minimum to the datapool or a pick.
     covered = np.concatenate([pool, cand[out.result.picks]])
     assert np.sqrt(np.maximum(2 - 2 * (cand @ covered.T).max(axis=1), 0)).max() < minimum + 1e-6
-    # With TYPICALITY too: every pick is at least the minimum away, and the selection stops early.
+    # With TYPICALITY too: every pick is at least the minimum away, the selection stops early, and it stops
+    # only once every candidate is closer than the minimum (the vendor's condition on the farthest one).
     both = strategies.select(cand, 200, selection(minimum=minimum, typicality=1.0), pool=pool)
     assert both.stop_reason == strategies.MINIMUM_DISTANCE and 0 < len(both.result.picks) < 200
     assert both.result.pick_distances.min() >= minimum
+    covered = np.concatenate([pool, cand[both.result.picks]])
+    assert np.sqrt(np.maximum(2 - 2 * (cand @ covered.T).max(axis=1), 0)).max() < minimum + 1e-6
 
 
 def test_minimum_distance_leaves_nothing_when_the_new_data_copies_the_pool() -> None:
@@ -103,6 +106,70 @@ def test_weighted_greedy_never_picks_copies_and_stops_when_only_copies_are_left(
     assert strategies.select(x[:2], 2, selection(typicality=1.0), pool=x).result.picks == []
 
 
+def _balance_term(codes: np.ndarray) -> strategies.BalanceTerm:
+    return strategies.BalanceTerm("weather", ["sunny", "rain"], codes, np.array([0.5, 0.5]), np.array([30, 5]), 1.0, 2)
+
+
+@pytest.mark.parametrize("typicality", [True, False])
+@pytest.mark.parametrize("with_pool", [True, False])
+@pytest.mark.parametrize("extra", ["none", "minimum", "bonus", "balance", "preselected"])
+def test_lazy_greedy_picks_exactly_what_the_reference_greedy_picks(
+    typicality: bool, with_pool: bool, extra: str
+) -> None:
+    x, _ = clustered(seed=4, n=700, outliers=14)
+    pool, cand = (x[:60], x[60:]) if with_pool else (x[:0], x)
+    pool_sq = kcenter.nearest_pool_distance(cand, pool)
+    rng = np.random.default_rng(5)
+    kwargs: dict[str, Any] = {
+        "minimum": {"minimum_distance": 0.45},
+        "bonus": {"bonus": 0.7 * rng.random(len(cand))},
+        "balance": {"balance": [_balance_term(rng.integers(-1, 2, size=len(cand)))]},
+        "preselected": {"preselected": [7, 3]},
+        "none": {},
+    }[extra]
+    hood = strategies.typicality_neighbours(cand) if typicality else None
+    ref = strategies.weighted_greedy(cand, 120, pool_sq, hood, typicality_strength=0.5, **kwargs)
+    lazy = strategies.lazy_weighted_greedy(cand, 120, pool_sq, hood, typicality_strength=0.5, block_rows=64, **kwargs)
+    assert lazy.result.picks == ref.result.picks and len(ref.result.picks) > 0
+    # Distances agree to float32 rounding (one matrix product per block of picks vs one per pick).
+    assert np.allclose(lazy.result.pick_distances, ref.result.pick_distances, rtol=0, atol=1e-6)
+    assert lazy.stop_reason == ref.stop_reason and lazy.first_distance == pytest.approx(ref.first_distance, abs=1e-6)
+
+
+def test_select_uses_the_lazy_greedy_for_many_candidates(monkeypatch: pytest.MonkeyPatch) -> None:
+    x, _ = clustered(n=400)
+    small = strategies.select(x, 25, selection(minimum=0.3, typicality=0.5), pool=x[:20])
+    monkeypatch.setattr(strategies, "LAZY_MIN_CANDIDATES", 100)
+    monkeypatch.setattr(strategies, "LAZY_BLOCK_ROWS", 32)
+    calls: list[int] = []
+    lazy = strategies.lazy_weighted_greedy
+    monkeypatch.setattr(strategies, "lazy_weighted_greedy", lambda *a, **kw: calls.append(1) or lazy(*a, **kw))
+    large = strategies.select(x, 25, selection(minimum=0.3, typicality=0.5), pool=x[:20])
+    assert calls and large.result.picks == small.result.picks
+
+
+def test_typicality_counts_the_datapool_a_covered_dense_cluster_stops_attracting_picks() -> None:
+    """The TYPICALITY term is the coverage a pick would bring to its neighbourhood: a dense cluster that the
+    datapool already covers brings none, so the picks go to the uncovered, sparser cluster."""
+    rng = np.random.default_rng(3)
+    a, b = unit(rng.normal(size=(2, 16)))
+    dense = unit(a + rng.normal(scale=0.02, size=(300, 16)))
+    sparse = unit(b + rng.normal(scale=0.08, size=(100, 16)))
+    cand = np.concatenate([dense, sparse])
+    hood = strategies.typicality_neighbours(cand)
+    assert hood.scores[:300].mean() > hood.scores[300:].mean()  # the dense cluster is the more typical
+    empty = strategies.select(cand, 10, selection(typicality=1.0))
+    assert (np.array(empty.result.picks) < 300).any()  # without a pool the dense cluster gets picks too
+    pool = unit(a + rng.normal(scale=0.02, size=(300, 16)))
+    covered = strategies.select(cand, 10, selection(typicality=1.0), pool=pool)
+    assert (np.array(covered.result.picks) >= 300).all()
+    # The term itself: the dense cluster's gain is far below the sparse one's once the pool covers it.
+    objective = strategies._Objective.build(len(cand), hood, 1.0, 1.0, None, ())
+    rows = np.arange(len(cand))
+    gain = objective.g(strategies._capped(kcenter.nearest_pool_distance(cand, pool).astype(np.float64)), rows)
+    assert gain[:300].max() < 0.2 * gain[300:].mean()
+
+
 def test_typicality_scores_exact_and_hnswlib_agree(monkeypatch: pytest.MonkeyPatch) -> None:
     x, labels = clustered(n=400)
     exact = strategies.typicality_scores(x)
@@ -111,6 +178,15 @@ def test_typicality_scores_exact_and_hnswlib_agree(monkeypatch: pytest.MonkeyPat
     monkeypatch.setattr(strategies, "TYPICALITY_EXACT_MAX", 10)
     approx = strategies.typicality_scores(x)
     assert np.corrcoef(exact, approx)[0, 1] > 0.95
+    exact_hood = strategies.typicality_neighbours(x)
+    monkeypatch.setattr(strategies, "TYPICALITY_EXACT_MAX", 10)
+    approx_hood = strategies.typicality_neighbours(x)
+    assert approx_hood.indices.shape == exact_hood.indices.shape == (len(x), strategies.TYPICALITY_NEIGHBOURS)
+    assert not (approx_hood.indices == np.arange(len(x))[:, None]).any()  # never its own neighbour
+    recall = np.mean([len(set(r) & set(s)) for r, s in zip(exact_hood.indices, approx_hood.indices, strict=True)])
+    assert recall > 0.9 * strategies.TYPICALITY_NEIGHBOURS
+    assert np.allclose(exact_hood.distances, np.sqrt(np.maximum(2 - 2 * np.take_along_axis(
+        x @ x.T, exact_hood.indices, axis=1), 0)), atol=1e-5)
 
 
 @pytest.mark.parametrize(
