@@ -34,6 +34,7 @@ from datapool_pipeline.workflow.discovery import (
     unprocessed,
 )
 from datapool_pipeline.workflow.progress import Log, no_log
+from datapool_pipeline.workflow.relevant import keep_listed, keys_fingerprint, relevant_keys, unlisted_shard_mates
 from datapool_pipeline.workflow.user_metadata import load_user_table
 
 _KEYS = ["raw_key", "raw_version"]
@@ -67,6 +68,7 @@ def prepare_run(
     store.check_owner(spec.name, spec.type, claim=True)
     check_use_datapool(spec, store, run_config.use_datapool)
     load_user_table(spec, run_config.selection_config, input_storage)  # the metadata table: checked before any work
+    relevant = relevant_keys(run_config.selection_config, input_storage)  # so is the relevant filenames file
     inventory = list_inventory(spec, input_storage, log)
     state = store.load_state()
     store.discard_committed_staging(state.commits)
@@ -75,9 +77,22 @@ def prepare_run(
         raise RunAborted(
             no_new_files_message(spec, input_storage, inventory, unprocessed(inventory.other_type, state.processed))
         )
+    if relevant is not None:
+        # Before the files are grouped into shards: unlisted files are neither registered nor decoded, and
+        # later runs find them as they would have without this run.
+        listed_other = inventory.other_type.filter(pl.col("raw_key").is_in(sorted(relevant))).height
+        todo = keep_listed(todo, relevant, log=log, also_found=listed_other,
+                           unlisted_fate="the others are left unregistered and unprocessed for later runs")
     needed, new_rows = assign_shards(spec, store, todo)
     if new_rows.height:
         log(f"registered {new_rows['shard_id'].n_unique()} new shard(s) for {new_rows.height} file(s)")
+    if relevant is not None:
+        mates = unlisted_shard_mates(store, needed, todo, spec.embedding.fingerprint)
+        if mates.height:
+            names = ", ".join(repr(k) for k in mates["raw_key"].head(3).to_list())
+            log(f"relevant filenames: {mates.height} other file(s) ({names}{' ...' if mates.height > 3 else ''}) "
+                "were registered before in the same shard(s) as listed ones: the run decodes and embeds them with "
+                "their shard (cached for later runs) but does not select them")
     name = partitions_name(spec)
     existing = instance.get_dynamic_partitions(name)
     missing = missing_partitions(needed, existing)
@@ -134,6 +149,9 @@ class ScanCursor:
     """New files held back until their shard fills (sensor.shard_wait_seconds): (key, version, size)."""
     pending_since: float | None = None
     """When the oldest of `pending` was first held (seconds since the epoch)."""
+    relevant: str | None = None
+    """Digest of the relevant filenames of the sensor's run config (None: none), which new files the ticks
+    passed over unregistered; when it changes, the next tick starts a full pass to find them."""
 
     VERSION = 2
 
@@ -142,6 +160,8 @@ class ScanCursor:
                                    "sweep": self.sweep, "ticks": self.ticks}
         if self.pending:
             body |= {"pending": [list(p) for p in self.pending], "pending_since": self.pending_since}
+        if self.relevant is not None:
+            body["relevant"] = self.relevant
         return json.dumps(body)
 
     @classmethod
@@ -158,9 +178,11 @@ class ScanCursor:
             sweep = body.get("sweep")
             pending = [(str(k), str(v), int(s)) for k, v, s in body.get("pending") or []]
             since = body.get("pending_since")
+            relevant = body.get("relevant")
             return cls(after=after, passes=passes, sweep=None if sweep is None else str(sweep),
                        ticks=int(body.get("ticks", 0)), pending=pending,
-                       pending_since=float(since) if pending and since is not None else None)
+                       pending_since=float(since) if pending and since is not None else None,
+                       relevant=None if relevant is None else str(relevant))
         except (ValueError, TypeError, AttributeError):
             return cls()  # an unreadable cursor only costs one extra pass over the input
 
@@ -191,6 +213,8 @@ class ScanResult:
     """Of the objects listed, those listed by a full pass (keys before the cursor)."""
     held: int = 0
     """New files held back in the cursor until their shard fills (sensor.shard_wait_seconds)."""
+    unlisted: int = 0
+    """New files left unregistered because the sensor's run config lists relevant filenames without them."""
 
 
 @dataclass
@@ -266,10 +290,16 @@ def scan_new_files(
 
     With sensor.shard_wait_seconds, new files that would make a partly filled last shard are held back in
     the cursor (not registered) and grouped with the next ticks' new files, for up to that long.
+
+    With relevant filenames in the sensor's run config, only listed files are registered (so the runs never
+    decode the others); the others stay unclaimed: every full pass finds them again, and a change of the
+    list (or its removal from the config) starts a full pass at the next tick.
     """
     settings = spec.sensor
     store.check_owner(spec.name, spec.type, claim=True)
     check_input_exists(spec, input_storage)
+    relevant = relevant_keys(settings.selection_config, input_storage)
+    unlisted = [0]
     known = partition_lookup(existing_partitions)
     limit = settings.max_objects_per_tick
     budget = settings.files_per_run * settings.max_runs_per_tick
@@ -280,7 +310,7 @@ def scan_new_files(
             cache["registry"] = store.read_registry()
         return cache["registry"]
 
-    def new_files(listed: pl.DataFrame) -> pl.DataFrame:
+    def new_files(listed: pl.DataFrame, count: bool = True) -> pl.DataFrame:
         files = listed.filter(pl.col("media_type") == spec.type)
         if files.height == 0:
             return files
@@ -292,10 +322,17 @@ def scan_new_files(
             claimed_ids = known(registered["shard_id"].unique().to_list())
             claimed = registered.filter(pl.col("shard_id").is_in(list(claimed_ids))).select(_KEYS)
             todo = todo.join(claimed, on=_KEYS, how="anti")
+        if relevant is not None and todo.height:
+            listed_todo = todo.filter(pl.col("raw_key").is_in(sorted(relevant)))
+            unlisted[0] += (todo.height - listed_todo.height) if count else 0
+            todo = listed_todo
         return todo.sort("raw_key")
 
     passes, ticks, sweep = cursor.passes, cursor.ticks, cursor.sweep
-    if sweep is None and passes > 0 and ticks >= full_listing_every_ticks:
+    fingerprint = keys_fingerprint(relevant)
+    if cursor.relevant is not None and cursor.relevant != fingerprint:
+        sweep, ticks = "", 0  # other relevant filenames (or none): files passed over as unlisted may count now
+    elif sweep is None and passes > 0 and ticks >= full_listing_every_ticks:
         sweep, ticks = "", 0  # a full pass is due
 
     # The keys after the cursor: what arrived since the last tick, at the cost of listing only those.
@@ -332,9 +369,10 @@ def scan_new_files(
     todo, pending, since = _hold_partial_shard(spec, todo, cursor, new_files, registry, deferred > 0,
                                                time.time() if now is None else now)
     next_cursor = ScanCursor(after=after, passes=passes, sweep=sweep, ticks=ticks, pending=pending,
-                             pending_since=since)
+                             pending_since=since, relevant=fingerprint)
     if todo.height == 0:
-        return ScanResult(cursor=next_cursor, listed=listed, new_files=0, swept=swept, held=len(pending))
+        return ScanResult(cursor=next_cursor, listed=listed, new_files=0, swept=swept, held=len(pending),
+                          unlisted=unlisted[0])
     shards, new_rows = assign_shards(spec, store, todo, registry=registry())
     members = pl.concat([registry().filter(pl.col("shard_id").is_in(shards)).select(list(tables.REGISTRY_SCHEMA)),
                          new_rows])
@@ -362,6 +400,7 @@ def scan_new_files(
         deferred=deferred,
         swept=swept,
         held=len(pending),
+        unlisted=unlisted[0],
     )
 
 
@@ -369,7 +408,7 @@ def _hold_partial_shard(
     spec: DatasetSpec,
     todo: pl.DataFrame,
     cursor: ScanCursor,
-    new_files: Callable[[pl.DataFrame], pl.DataFrame],
+    new_files: Callable[..., pl.DataFrame],
     registry: Callable[[], pl.DataFrame],
     deferred: bool,
     now: float,
@@ -383,7 +422,8 @@ def _hold_partial_shard(
              "raw_size": [p[2] for p in cursor.pending], "media_type": [spec.type] * len(cursor.pending)},
             schema=tables.FILE_COLUMNS,
         )
-        todo = pl.concat([todo, new_files(held).join(todo.select(_KEYS), on=_KEYS, how="anti")]).sort("raw_key")
+        todo = pl.concat([todo, new_files(held, count=False).join(todo.select(_KEYS), on=_KEYS, how="anti")])
+        todo = todo.sort("raw_key")
     wait = spec.sensor.shard_wait_seconds
     if wait <= 0 or deferred or todo.height == 0:
         return todo, [], None

@@ -70,6 +70,9 @@ def build_sensor(built: DatasetAssets) -> dg.SensorDefinition:
             )
         held = (f"; {scan.held} new file(s) wait for their shard to fill (at most "
                 f"{settings.shard_wait_seconds} s)") if scan.held else ""
+        if scan.unlisted:
+            held += (f"; {scan.unlisted} new file(s) not among the relevant filenames of the sensor's run config "
+                     "left unregistered")
         if not scan.batches:
             return dg.SensorResult(
                 skip_reason=f"no new {spec.type.lower()}: {where}{held}", cursor=scan.cursor.serialize()
