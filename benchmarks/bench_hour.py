@@ -138,7 +138,9 @@ def stages_alone(spec: Any, paths: list[Path], fraction: float) -> dict[str, Any
     outcome = strategies.select(vectors, k, selection, pool=np.empty((0, model.dim), np.float32), seed=spec.seed)
     select = time.perf_counter() - start
     print(f"select alone: {len(outcome.result.picks)} of {len(vectors)} in {select:.2f}s", flush=True)
-    info = {"precision": model.precision, "batch_size": model.batch_size, "dim": model.dim, "image_size": size,
+    info = {"precision": model.precision, "runtime": getattr(model, "runtime", None),
+            "runtime_note": getattr(model, "runtime_note", None), "batch_size": model.batch_size, "dim": model.dim,
+            "image_size": size,
             "device": str(model.device)}
     forget_models()
     del model
@@ -161,6 +163,7 @@ def the_run(datasets: Path, k: int) -> tuple[float, Any, list[tuple[float, str]]
     """Datapool.run as a user calls it; (wall seconds, commit, the run's own log lines with their time)."""
     from datapool_pipeline import Datapool
 
+    forget_models()  # a model loaded by an earlier repetition's run stays cached: this run loads its own
     lines: list[tuple[float, str]] = []
     out, err = io.StringIO(), io.StringIO()
     start = time.perf_counter()
@@ -368,7 +371,8 @@ def main() -> None:
                        "sources": [SOURCES[i % len(SOURCES)].split("=")[0] for i in range(len(paths))],
                        "input_megabytes": sum(p.stat().st_size for p in paths) / 1e6,
                        "video_fps": args.fps, "model": args.model, "pretrained": None,
-                       "precision_env": os.environ.get("DATAPOOL_CPU_PRECISION"), "fraction": args.fraction,
+                       "precision_env": os.environ.get("DATAPOOL_CPU_PRECISION"),
+                       "runtime_env": os.environ.get("DATAPOOL_EMBEDDING_RUNTIME"), "fraction": args.fraction,
                        "n_samples": stages["k"], "frames": frames, "repeats": len(reps)},
         "generation_seconds_this_time": generated,
         "import_seconds": imports,
