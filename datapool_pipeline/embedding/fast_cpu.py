@@ -8,7 +8,6 @@ and by how much, is measured in benchmarks/bench_embedding.py (docs/performance.
 
 from __future__ import annotations
 
-import os
 import warnings
 
 import torch
@@ -126,10 +125,10 @@ def optimize_visual_for_cpu(visual: nn.Module, precision: str = "fp32") -> nn.Mo
 
 
 def set_cpu_threads() -> None:
-    """Use every core the process may run on (the default can be lower inside containers)."""
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - not Linux
-        cores = os.cpu_count() or 1
+    """Use every core the process may use (runtimes.cpu_threads: affinity and a container's CPU quota);
+    torch's default can be lower inside containers, or higher than the quota."""
+    from datapool_pipeline.embedding.runtimes import cpu_threads
+
+    cores = cpu_threads()
     if torch.get_num_threads() != cores:
         torch.set_num_threads(cores)

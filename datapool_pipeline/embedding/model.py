@@ -125,14 +125,27 @@ class EmbeddingModel:
             features = F.normalize(features.float(), dim=-1)
         return features.cpu().numpy().astype(np.float32, copy=False)
 
-    def embed_stream(self, frames: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
+    def embed_stream(self, frames: Iterable[np.ndarray], prefetch: bool = True) -> Iterator[np.ndarray]:
         """Embed an iterable of single frames in batches; yields one (B, dim) array per batch.
 
         A background thread pulls frames (ffmpeg decode, pipe reads, stacking) while the model runs
-        on the previous batch; torch releases the GIL, so decode and inference overlap.
+        on the previous batch; torch, ONNX Runtime and OpenVINO release the GIL, so decode and inference
+        overlap (`prefetch=False`: one after the other, for measuring what the overlap gains).
         """
-        for batch in prefetch_batches(frames, self.batch_size):
+        batches = prefetch_batches(frames, self.batch_size) if prefetch else _batches(frames, self.batch_size)
+        for batch in batches:
             yield self.embed(batch)
+
+
+def _batches(frames: Iterable[np.ndarray], batch_size: int) -> Iterator[np.ndarray]:
+    batch: list[np.ndarray] = []
+    for frame in frames:
+        batch.append(frame)
+        if len(batch) == batch_size:
+            yield np.stack(batch)
+            batch = []
+    if batch:
+        yield np.stack(batch)
 
 
 def prefetch_batches(

@@ -57,7 +57,9 @@ _EXTRAS: dict[str, tuple[tuple[str, ...], str]] = {
     "onnx-int8": (("onnxruntime", "onnx"), "onnx"),
     "openvino": (("openvino",), "openvino"),
 }
-_CALIBRATION_SECONDS = 1.5  # target length of the fp32 pass of a calibration (it bounds the batch)
+_CALIBRATION_BATCH = 32  # at most: the run's batch size, or fewer frames when fp32 would take too long
+_CALIBRATION_SECONDS = 4.0  # the fp32 pass of a calibration at most (estimated from 2 frames)
+_MIN_CALIBRATION_BATCH = 8  # below this, batch efficiency differs too much between runtimes to compare them
 _CHECK_FRAMES = 4  # frames an explicit runtime is checked on against fp32
 
 
@@ -135,10 +137,17 @@ def auto_candidates(flags: Iterable[str] | None = None) -> list[str]:
 
 
 def cpu_threads() -> int:
+    """The cores this process may use: its CPU affinity, capped by a cgroup CPU quota (a container's CPU
+    limit; more threads than the quota stall each other at every synchronisation)."""
     try:
-        return len(os.sched_getaffinity(0))
+        cores = len(os.sched_getaffinity(0))
     except AttributeError:  # pragma: no cover - not Linux
-        return os.cpu_count() or 1
+        cores = os.cpu_count() or 1
+    with contextlib.suppress(OSError, ValueError):
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
+        if quota != "max":
+            cores = min(cores, max(1, int(-(-int(quota) // int(period)))))
+    return cores
 
 
 def build(name: str, fp32_visual: nn.Module, image_size: int) -> Encoder:
@@ -319,10 +328,10 @@ def calibrate(
     """Build the requested runtime (or, for `auto`, every candidate), time one batch of calibration frames
     on each and compare its embeddings with fp32's; return the fastest that keeps MIN_COSINE.
 
-    The batch is the run's batch size, smaller when the fp32 pass would take over ~1.5 s (large models),
-    so the whole calibration takes a few seconds. An explicit runtime is checked on a few frames only and
-    refused (ConfigError) below MIN_COSINE; a candidate of `auto` that fails to build or falls below it is
-    skipped and reported."""
+    The batch is the run's batch size (at most 32), smaller (not under 8) when the fp32 pass would take
+    over ~4 s (large models, loaded machines), so the whole calibration takes a few seconds. An explicit
+    runtime is checked against fp32 on a few frames only and refused (ConfigError) below MIN_COSINE; a
+    candidate of `auto` that fails to build or falls below it is skipped and reported."""
     start = time.perf_counter()
     if requested != "auto":
         require(requested)
@@ -332,7 +341,7 @@ def calibrate(
         fp32_visual(probe[:1])  # first call: allocations, kernel selection
         _, seconds = _timed(fp32_visual, probe)
     per_frame = seconds / len(probe)
-    n = max(_CHECK_FRAMES, min(batch_size, int(_CALIBRATION_SECONDS / max(per_frame, 1e-6))))
+    n = min(batch_size, _CALIBRATION_BATCH, max(_MIN_CALIBRATION_BATCH, int(_CALIBRATION_SECONDS / per_frame)))
     x = normalise(calibration_frames(n, image_size))
     if requested in ("auto", "fp32"):
         reference, seconds = _timed(fp32_visual, x)
