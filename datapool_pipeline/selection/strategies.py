@@ -320,6 +320,34 @@ class _Objective:
         return score
 
 
+class _Picks:
+    """The picks so far: their order, squared distances when picked and BALANCE category counts."""
+
+    def __init__(self, balance: Sequence[BalanceTerm]) -> None:
+        self.balance = balance
+        self.picks: list[int] = []
+        self.sq_distances: list[float] = []
+        self.counts = [np.zeros(len(term.categories), np.int64) for term in balance]
+
+    def __len__(self) -> int:
+        return len(self.picks)
+
+    def add(self, i: int, sq_distance: float) -> None:
+        for term, counts in zip(self.balance, self.counts, strict=True):
+            if term.codes[i] >= 0:
+                counts[term.codes[i]] += 1
+        self.picks.append(i)
+        self.sq_distances.append(sq_distance)
+
+    def per_category(self) -> list[np.ndarray]:
+        """Each BALANCE term's bonus per category at this step."""
+        return [term.category_bonus(counts) for term, counts in zip(self.balance, self.counts, strict=True)]
+
+    def outcome(self, pool_d: np.ndarray, reason: str, first: float) -> StrategyResult:
+        distances = np.sqrt(np.maximum(np.array(self.sq_distances, np.float64), 0.0))
+        return StrategyResult(KCenterResult(self.picks, distances, pool_d), reason, 0.0 if np.isnan(first) else first)
+
+
 def _capped(d2: np.ndarray) -> np.ndarray:
     return np.minimum(np.sqrt(np.maximum(d2, 0.0)), _FAR)
 
@@ -350,16 +378,10 @@ def weighted_greedy(
     objective = _Objective.build(n, neighbourhood, diversity_strength, typicality_strength, bonus, balance)
     rows = np.arange(n)
     picked = np.zeros(n, bool)
-    picks: list[int] = []
-    pick_d2: list[float] = []
-    picked_counts = [np.zeros(len(term.categories), np.int64) for term in balance]
+    picks = _Picks(balance)
 
     def take(i: int) -> None:
-        for term, counts in zip(balance, picked_counts, strict=True):
-            if term.codes[i] >= 0:
-                counts[term.codes[i]] += 1
-        picks.append(i)
-        pick_d2.append(float(d2[i]))
+        picks.add(i, float(d2[i]))
         picked[i] = True
         step = 2.0 - 2.0 * (x @ x[i]).astype(np.float64)
         step[step < kcenter.DUPLICATE_SQ_DISTANCE] = 0.0
@@ -380,7 +402,7 @@ def weighted_greedy(
             break
         c = _capped(d2)
         u, g = objective.u(c, rows), objective.g(c, rows)
-        per_category = [term.category_bonus(counts) for term, counts in zip(balance, picked_counts, strict=True)]
+        per_category = picks.per_category()
         score = objective.scores(u, g, float(u[eligible].max()), float(g[eligible].max()),
                                  *objective.extras(rows, per_category))
         score[~eligible] = -np.inf
@@ -388,10 +410,7 @@ def weighted_greedy(
         if np.isnan(first):
             first = float(np.sqrt(d2[best]))
         take(best)
-    if np.isnan(first):
-        first = 0.0
-    result = KCenterResult(picks, np.sqrt(np.maximum(np.array(pick_d2, np.float64), 0.0)), pool_d)
-    return StrategyResult(result, reason, first)
+    return picks.outcome(pool_d, reason, first)
 
 
 def lazy_weighted_greedy(
@@ -439,9 +458,7 @@ def lazy_weighted_greedy(
     u_st = np.where(closed, -np.inf, objective.u(cap, everything))  # exact at step 0, upper bounds later
     g_st = np.where(closed, -np.inf, objective.g(cap, everything))
     g_exact_at = np.zeros(n, np.int64)  # the step at which the row's g_st was exact (it and its neighbours fresh)
-    picks: list[int] = []
-    pick_d2: list[float] = []
-    picked_counts = [np.zeros(len(term.categories), np.int64) for term in balance]
+    picks = _Picks(balance)
     size = max(int(block_rows), 1)
     n_blocks = (n + size - 1) // size
 
@@ -537,11 +554,7 @@ def lazy_weighted_greedy(
 
     def take(i: int) -> None:
         nonlocal t
-        for term, counts in zip(balance, picked_counts, strict=True):
-            if term.codes[i] >= 0:
-                counts[term.codes[i]] += 1
-        picks.append(i)
-        pick_d2.append(float(c2[i]))
+        picks.add(i, float(c2[i]))
         picked[i] = closed[i] = True
         u_st[i] = g_st[i] = -np.inf
         pick_vectors[t] = x[i]
@@ -564,7 +577,7 @@ def lazy_weighted_greedy(
             if np.isnan(first):
                 first = float(np.sqrt(c2[open_].max())) if open_.any() else 0.0
             break
-        per_category = [term.category_bonus(counts) for term, counts in zip(balance, picked_counts, strict=True)]
+        per_category = picks.per_category()
         category_tops = [(held * per_cat).max(axis=1) for held, per_cat in zip(present, per_category, strict=True)]
         bounds = objective.scores(top_u, top_g, best_u, best_g, top_bonus, category_tops)
         bounds[top_u == -np.inf] = -np.inf
@@ -592,7 +605,4 @@ def lazy_weighted_greedy(
         if np.isnan(first):
             first = float(np.sqrt(c2[best]))
         take(best)
-    if np.isnan(first):
-        first = 0.0
-    result = KCenterResult(picks, np.sqrt(np.maximum(np.array(pick_d2, np.float64), 0.0)), pool_d)
-    return StrategyResult(result, reason, first)
+    return picks.outcome(pool_d, reason, first)
