@@ -48,6 +48,22 @@ def machine() -> dict[str, Any]:
     }
 
 
+def datasets_yaml(path: Path, name: str, input_dir: Path, output_dir: Path, model: str, video_fps: float | None = None
+                  ) -> Path:
+    """A datasets.yaml with one local VIDEOS dataset embedded by `model` with seeded random weights."""
+    video = f"\n    video:\n      fps: {video_fps:g}" if video_fps else ""
+    path.write_text(f"""datasets:
+  {name}:
+    type: VIDEOS
+    input: {input_dir}
+    output: {output_dir}
+    embedding:
+      model: {model}
+      pretrained: none{video}
+""")
+    return path
+
+
 def timed(fn: Callable[[], T]) -> tuple[T, float]:
     start = time.perf_counter()
     out = fn()

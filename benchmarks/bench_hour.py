@@ -40,7 +40,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 warnings.filterwarnings("ignore")
 
-from benchmarks._common import write_result  # noqa: E402
+from benchmarks._common import datasets_yaml, write_result  # noqa: E402
 from benchmarks._video import looped, video_from_source  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -83,21 +83,6 @@ def generate(cache: Path, files: int, seconds: float, clip: float) -> tuple[list
         path = video_from_source(clips / name, source, min(clip, seconds), SIZE, RATE)
         paths.append(path if folder == clips else looped(path, folder / name, seconds))
     return paths, time.perf_counter() - start
-
-
-def datasets_yaml(path: Path, input_dir: Path, output_dir: Path, model: str, fps: float) -> Path:
-    path.write_text(f"""datasets:
-  {DATASET}:
-    type: VIDEOS
-    input: {input_dir}
-    output: {output_dir}
-    embedding:
-      model: {model}
-      pretrained: none
-    video:
-      fps: {fps:g}
-""")
-    return path
 
 
 def stages_alone(spec: Any, paths: list[Path], fraction: float) -> dict[str, Any]:
@@ -326,7 +311,8 @@ def main() -> None:
             shutil.copy(REPO / "dagster.yaml", home / "dagster.yaml")
             os.environ["DAGSTER_HOME"] = str(home)
             create_instance_storage(home)  # once per instance (a user's persists), so not timed with the run
-            datasets = datasets_yaml(tmp / f"datasets_{rep}.yaml", input_dir, tmp / f"out_{rep}", args.model, args.fps)
+            datasets = datasets_yaml(tmp / f"datasets_{rep}.yaml", DATASET, input_dir, tmp / f"out_{rep}", args.model,
+                                     args.fps)
             spec = load_datasets(datasets)[DATASET]
             order = ["stages", "run"] if rep % 2 == 0 else ["run", "stages"]
             for what in order:

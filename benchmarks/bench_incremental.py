@@ -24,23 +24,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 warnings.filterwarnings("ignore")
 
-from benchmarks._common import write_result  # noqa: E402
+from benchmarks._common import datasets_yaml, write_result  # noqa: E402
 from datapool_pipeline.demo import make_videos  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def datasets_yaml(path: Path, name: str, input_dir: Path, output_dir: Path, model: str) -> Path:
-    path.write_text(f"""datasets:
-  {name}:
-    type: VIDEOS
-    input: {input_dir}
-    output: {output_dir}
-    embedding:
-      model: {model}
-      pretrained: none
-""")
-    return path
 
 
 def cli(*args: str) -> float:
