@@ -19,7 +19,6 @@ from datapool_pipeline.media.ffmpeg_binary import ffmpeg_executable
 from datapool_pipeline.selection import greedy_k_center, metadata, strategies
 from datapool_pipeline.storage import LocalStorage
 from datapool_pipeline.workflow.embeddings import embed_shard
-from datapool_pipeline.workflow.frames import extract_shard_frames
 from datapool_pipeline_tests.helpers import TINY_FINGERPRINT, tiny_embedder
 from datapool_pipeline_tests.test_strategies import clustered
 from datapool_pipeline_tests.test_workflow import images_spec, select_new
@@ -264,7 +263,6 @@ def test_video_frames_get_timestamp_duration_resolution_and_low_brightness_when_
                  "strategy": {"type": "THRESHOLD", "threshold": 20, "operation": "BIGGER_EQUAL"}}
     summary = select_new(spec, {"selection_config": {"n_samples": 10, "strategies": [DIVERSITY, threshold]}}, "v1", 0)
     shard = store.read_registry()["shard_id"][0]
-    extract_shard_frames(spec, store, input_storage, shard)
     emb = embed_shard(spec, store, input_storage, tiny_embedder(), shard)  # cached
     assert emb.cached
     df = store.read_shard_embeddings(shard, TINY_FINGERPRINT)

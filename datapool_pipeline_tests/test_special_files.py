@@ -20,7 +20,6 @@ from datapool_pipeline.storage import LocalStorage
 from datapool_pipeline.workflow.commit import commit_staged
 from datapool_pipeline.workflow.discovery import assign_shards, list_inventory, plan_run
 from datapool_pipeline.workflow.embeddings import embed_shard
-from datapool_pipeline.workflow.frames import extract_shard_frames
 from datapool_pipeline.workflow.selection import select_for_run
 from datapool_pipeline_tests.helpers import tiny_embedder
 
@@ -53,7 +52,6 @@ def test_a_fifo_in_the_input_is_skipped_with_a_reason_and_never_opened(tmp_path:
     assert any("2 file(s) that are not regular files" in line and "'pipe.png'" in line for line in lines), lines
     model = tiny_embedder()
     for shard in shards:
-        extract_shard_frames(spec, store, input_storage, shard)
         embed_shard(spec, store, input_storage, model, shard)
     summary = select_for_run(
         spec, store, plan, parse_run_config({"worker_config": {"use_datapool": False},

@@ -1,4 +1,4 @@
-"""The pipeline's steps (workflow/) on local folders with the tiny deterministic embedder: discovery, frames,
+"""The pipeline's steps (workflow/) on local folders with the tiny deterministic embedder: discovery, decode +
 embeddings, selection and commit, as the Dagster assets chain them, without Dagster or open_clip. The fast
 tier's end-to-end check of the workflow and the datapool store (the slow tier runs the real thing)."""
 
@@ -27,7 +27,6 @@ from datapool_pipeline.workflow.discovery import (
     unprocessed,
 )
 from datapool_pipeline.workflow.embeddings import embed_shard
-from datapool_pipeline.workflow.frames import extract_shard_frames
 from datapool_pipeline.workflow.relevant import restrict_to_relevant
 from datapool_pipeline.workflow.selection import SelectionSummary, select_for_run
 from datapool_pipeline_tests.helpers import TINY_FINGERPRINT, add_videos, tiny_embedder
@@ -37,7 +36,7 @@ START = datetime(2025, 1, 1, tzinfo=timezone.utc)
 
 def select_new(spec: DatasetSpec, raw_config: dict, staging_id: str, minutes: int = 0,
                model: EmbeddingModel | None = None) -> SelectionSummary:
-    """raw_files (with the relevant-filenames restriction) -> frames -> embeddings -> selection of the files
+    """raw_files (with the relevant-filenames restriction) -> embeddings -> selection of the files
     no commit processed (all with process_all), with the tiny embedder unless `model` is given."""
     input_storage, store = LocalStorage(spec.input), DatapoolStore(LocalStorage(spec.output))
     run_config = parse_run_config(raw_config)
@@ -48,7 +47,6 @@ def select_new(spec: DatasetSpec, raw_config: dict, staging_id: str, minutes: in
     plan = restrict_to_relevant(plan, run_config.selection_config, input_storage)
     embedder = model or tiny_embedder()
     for shard in shards:
-        extract_shard_frames(spec, store, input_storage, shard)
         embed_shard(spec, store, input_storage, embedder, shard)
     return select_for_run(spec, store, plan, run_config, staging_id=staging_id,
                           started_at=START + timedelta(minutes=minutes), fingerprint=embedder.fingerprint,
@@ -69,7 +67,7 @@ def select(
     spec: DatasetSpec, n_samples: int, staging_id: str, *, use_datapool: bool = False, process_all: bool = False,
     minutes: int = 0,
 ) -> SelectionSummary:
-    """raw_files -> frames -> embeddings -> selection for one run (what the asset job does up to its tag step)."""
+    """raw_files -> embeddings -> selection for one run (what the asset job does up to its tag step)."""
     input_storage, store = LocalStorage(spec.input), DatapoolStore(LocalStorage(spec.output))
     run_config = parse_run_config({
         "worker_config": {"use_datapool": use_datapool, "datasource": {"process_all": process_all}},
@@ -82,7 +80,6 @@ def select(
     plan = plan_run(spec, store, input_storage, shards, process_all=process_all)
     model = tiny_embedder()
     for shard in shards:
-        extract_shard_frames(spec, store, input_storage, shard)
         embed_shard(spec, store, input_storage, model, shard)
     return select_for_run(
         spec, store, plan, run_config, staging_id=staging_id, started_at=START + timedelta(minutes=minutes),

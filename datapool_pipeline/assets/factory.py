@@ -1,4 +1,4 @@
-"""Per-dataset asset graph: raw_files -> frames[shard] -> embeddings[shard] -> selection -> tag -> report.
+"""Per-dataset asset graph: raw_files -> embeddings[shard] -> selection -> tag -> report.
 
 Every asset body is a call into `datapool_pipeline.workflow`; nothing here decides anything.
 """
@@ -30,8 +30,7 @@ from datapool_pipeline.report import build_report, write_report
 from datapool_pipeline.storage.verify import verify_access
 from datapool_pipeline.workflow.commit import commit_staged
 from datapool_pipeline.workflow.discovery import RunPlan, check_use_datapool, plan_run
-from datapool_pipeline.workflow.embeddings import embed_shard
-from datapool_pipeline.workflow.frames import extract_shard_frames
+from datapool_pipeline.workflow.embeddings import ShardEmbeddings, cached_shard, embed_shard
 from datapool_pipeline.workflow.queries import check_query_keys
 from datapool_pipeline.workflow.relevant import restrict_to_relevant
 from datapool_pipeline.workflow.selection import select_for_run
@@ -85,8 +84,10 @@ def build_dataset_assets(spec: DatasetSpec) -> DatasetAssets:
     io_key = names.io_manager_key(spec)
     tags = {DATASET_TAG: spec.name}
     common: dict[str, Any] = {"group_name": group, "tags": tags, "owners": list(spec.owners) or None}
-    frames_version = _code_version(spec.type, spec.video.frame_options(), spec.images_per_shard)
-    embeddings_version = _code_version(frames_version, spec.embedding.fingerprint)
+    # Nested as when frames and embeddings were two assets, so shards materialized then do not turn stale.
+    embeddings_version = _code_version(
+        _code_version(spec.type, spec.video.frame_options(), spec.images_per_shard), spec.embedding.fingerprint
+    )
     retry = dg.RetryPolicy(max_retries=2, delay=10, backoff=dg.Backoff.EXPONENTIAL)
 
     @dg.asset(
@@ -137,75 +138,50 @@ def build_dataset_assets(spec: DatasetSpec) -> DatasetAssets:
         warnings.simplefilter("ignore", dg.BetaWarning)
 
         @dg.asset(
-            key=[prefix, "frames"],
-            partitions_def=partitions,
-            backfill_policy=backfill_policy,
-            deps=[raw_files],
-            description="Per shard: every raw file decoded once; frame manifest (index, timestamp, "
-            "brightness) and per-file status. Bad files are skipped and listed, never fatal.",
-            pool=names.pool_name(spec, "decode"),
-            kinds={"python", "ffmpeg", "parquet"},
-            code_version=frames_version,
-            retry_policy=retry,
-            **common,
-        )
-        @failures_as_reasons
-        def frames(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
-            total_frames, skipped = decode_shards(context.partition_keys, context.log.info)
-            skipped_table = pl.DataFrame(skipped, schema=["key", "reason"], orient="row")
-            return dg.MaterializeResult(
-                metadata={"frames": total_frames, "files_skipped": len(skipped), "dagster/row_count": total_frames,
-                          **({"skipped_files": metadata.table(skipped_table)} if skipped else {})}
-            )
-
-        @dg.asset(
             key=[prefix, "embeddings"],
             partitions_def=partitions,
             backfill_policy=backfill_policy,
-            deps=[frames],
-            description=f"Per shard: L2-normalised open_clip {spec.embedding.model} embeddings of every "
+            deps=[raw_files],
+            description=f"Per shard: every raw file decoded once, at the model's input size: per-file status "
+            "(bad files are skipped and listed, never fatal), frame manifest (index, timestamp, brightness, "
+            f"contrast, sharpness) and L2-normalised open_clip {spec.embedding.model} embeddings of every "
             "frame/image, cached per model so they are never recomputed.",
             pool=names.pool_name(spec, "embed"),
             op_tags=embed_step_k8s_tags(),  # pod resources / GPU node under k8s_job_executor
-            kinds={"python", "pytorch", "parquet"},
+            kinds={"python", "ffmpeg", "pytorch", "parquet"},
             code_version=embeddings_version,
             retry_policy=retry,
             **common,
         )
         @failures_as_reasons
         def embeddings(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
-            embedded, computed = embed_shards(context.partition_keys, context.log.info)
+            results = embed_shards(context.partition_keys, context.log.info)
+            embedded = sum(r.samples for r in results)
+            skipped = [item for r in results for item in r.skipped]
+            skipped_table = pl.DataFrame(skipped, schema=["key", "reason"], orient="row")
             return dg.MaterializeResult(
-                metadata={"embeddings": embedded, "computed_now": computed, "model": spec.embedding.fingerprint,
-                          "dagster/row_count": embedded}
+                metadata={"embeddings": embedded, "computed_now": sum(r.samples for r in results if not r.cached),
+                          "model": spec.embedding.fingerprint, "frames": sum(r.frames for r in results),
+                          "files_skipped": len(skipped), "dagster/row_count": embedded,
+                          **({"skipped_files": metadata.table(skipped_table)} if skipped else {})}
             )
 
-    def decode_shards(keys: list[str], log: Callable[[str], None]) -> tuple[int, list[tuple[str, str]]]:
-        total_frames = 0
-        skipped: list[tuple[str, str]] = []
-        for i, shard in enumerate(keys, start=1):
-            result = extract_shard_frames(spec, store, input_storage, shard, log=log)
-            total_frames += result.frames
-            skipped.extend(result.skipped)
-            log(f"[{i}/{len(keys)}] shard {shard}: {result.frames} frames" + (" (cached)" if result.cached else ""))
-        return total_frames, skipped
-
-    def embed_shards(keys: list[str], log: Callable[[str], None]) -> tuple[int, int]:
+    def embed_shards(keys: list[str], log: Callable[[str], None]) -> list[ShardEmbeddings]:
+        """Each shard decoded once and embedded (workflow/embeddings.py), or read from its cache; the model
+        loads only if some shard needs it."""
         model = None
-        embedded = computed = 0
+        results: list[ShardEmbeddings] = []
         for i, shard in enumerate(keys, start=1):
-            cached = store.read_shard_embeddings(shard, spec.embedding.fingerprint)
-            if cached is not None:
-                embedded += cached.height
-                continue
-            if model is None:
-                model = load_model(spec.embedding)
-                log(f"loaded {spec.embedding.model} on {model.device} (dim {model.dim})")
-            result = embed_shard(spec, store, input_storage, model, shard, log=log)
-            embedded += result.samples
-            computed += result.samples
-            log(f"[{i}/{len(keys)}] shard {shard}: {result.samples} embeddings")
-        return embedded, computed
+            result = cached_shard(store, shard, spec.embedding.fingerprint)
+            if result is None:
+                if model is None:
+                    model = load_model(spec.embedding)
+                    log(f"loaded {spec.embedding.model} on {model.device} (dim {model.dim})")
+                result = embed_shard(spec, store, input_storage, model, shard, log=log)
+            results.append(result)
+            log(f"[{i}/{len(keys)}] shard {shard}: {result.frames} frames, {result.samples} embeddings"
+                + (" (cached)" if result.cached else ""))
+        return results
 
     @dg.asset(
         key=[prefix, "selection"],
@@ -267,21 +243,19 @@ def build_dataset_assets(spec: DatasetSpec) -> DatasetAssets:
         return {k: v for name, uri in files.items() for k, v in metadata.file_entries(name, uri, env_prefix).items()}
 
     def catch_up(context: dg.AssetExecutionContext, plan: RunPlan) -> None:
-        """Decode and embed the run's shards that no frames/embeddings step covered (shards a
-        process_all backfill registered after its partitions were fixed), and record them as
-        materializations of those partitions."""
+        """Decode and embed the run's shards that no embeddings step covered (shards a process_all
+        backfill registered after its partitions were fixed), and record them as materializations of
+        those partitions."""
         fingerprint = spec.embedding.fingerprint
         shard_ids = plan.candidates["shard_id"].unique(maintain_order=True).to_list()
         missing = [s for s in shard_ids if not store.storage.exists(store.embeddings_key(s, fingerprint))]
         if not missing:
             return
         context.log.info(f"{len(missing)} shard(s) of this run have no embeddings yet: decoding and embedding them")
-        frames_done, _ = decode_shards(missing, context.log.info)
         embed_shards(missing, context.log.info)
         for shard in missing:
-            for name in ("frames", "embeddings"):
-                context.log_event(dg.AssetMaterialization(asset_key=[prefix, name], partition=shard,
-                                                          metadata={"materialized_by": "selection (catch-up)"}))
+            context.log_event(dg.AssetMaterialization(asset_key=[prefix, "embeddings"], partition=shard,
+                                                      metadata={"materialized_by": "selection (catch-up)"}))
 
     @dg.asset(
         key=[prefix, "tag"],
@@ -350,7 +324,7 @@ def build_dataset_assets(spec: DatasetSpec) -> DatasetAssets:
             }
         )
 
-    assets = [raw_files, frames, embeddings, selection, tag, report]
+    assets = [raw_files, embeddings, selection, tag, report]
     with warnings.catch_warnings():
         # Explicit partitions_def: needed for partition-range runs of mixed graphs in Dagster 1.13.
         warnings.simplefilter("ignore", DeprecationWarning)

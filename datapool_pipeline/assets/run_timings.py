@@ -15,7 +15,7 @@ def _iso(ts: float) -> str:
 def step_timings(instance: dg.DagsterInstance, run_id: str, prefix: str) -> dict[str, Any]:
     """{"stages": [{stage, started_at, seconds}], "run_started_at", "total_seconds"} of the finished steps.
 
-    Stage names are the asset names (`<prefix>__frames` -> `frames`). Steps still running (the report
+    Stage names are the asset names (`<prefix>__embeddings` -> `embeddings`). Steps still running (the report
     itself) are left out; `total_seconds` spans the run's start to the last finished step.
     """
     types = {dg.DagsterEventType.RUN_START, dg.DagsterEventType.STEP_START, dg.DagsterEventType.STEP_SUCCESS}

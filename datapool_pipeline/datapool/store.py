@@ -11,8 +11,9 @@ Layout (under the output datasource):
     datapool/processed/<seq>-<tag>-<id>.parquet      the raw files that run processed
     datapool/shards/registry/<time>-<id>.parquet     which raw files make up which shard
     datapool/shards/<shard>/files.parquet            decode status per raw file of the shard
-    datapool/shards/<shard>/frames.parquet           frame manifest (index, timestamp, stats)
-    datapool/shards/<shard>/embeddings/<model>.parquet   cached embeddings per model
+    datapool/shards/<shard>/embeddings/<model>.parquet   per model: frame manifest (index, timestamp,
+                                                     statistics) with the cached embeddings
+    (datapool/shards/<shard>/frames.parquet: written by older versions, never read; safe to delete)
     datapool/staging/<run id>.parquet|.json          a selection not yet committed
     datapool/reports/<tag>/...                       report.json, report.pdf, embedding_view.html
     datapool/index/<model>.hnsw|.json                hnswlib index over the datapool (cache, pool_index.py)
@@ -820,9 +821,8 @@ class DatapoolStore:
         registry = self.read_registry()
         return registry.filter(pl.col("shard_id").is_in(shard_ids))
 
-    def write_shard_frames(self, shard_id: str, files: pl.DataFrame, frames: pl.DataFrame) -> None:
-        self.storage.write_bytes(f"{ROOT}/shards/{shard_id}/frames.parquet", tables.to_parquet(frames))
-        # files.parquet last: its presence marks the shard's frame manifest as complete.
+    def write_shard_files(self, shard_id: str, files: pl.DataFrame) -> None:
+        """The shard's per-file decode status; written before any of its embeddings (workflow/embeddings.py)."""
         self.storage.write_bytes(f"{ROOT}/shards/{shard_id}/files.parquet", tables.to_parquet(files))
 
     def read_shard_files(self, shard_id: str) -> pl.DataFrame | None:
@@ -830,9 +830,6 @@ class DatapoolStore:
         if not self.storage.exists(key):
             return None
         return tables.from_parquet(self.storage.read_bytes(key))
-
-    def read_shard_frames(self, shard_id: str) -> pl.DataFrame:
-        return tables.from_parquet(self.storage.read_bytes(f"{ROOT}/shards/{shard_id}/frames.parquet"))
 
     def embeddings_key(self, shard_id: str, model_fingerprint: str) -> str:
         return f"{ROOT}/shards/{shard_id}/embeddings/{model_fingerprint}.parquet"

@@ -16,7 +16,7 @@ REGISTRY_SCHEMA = {"shard_id": pl.String, **FILE_COLUMNS}
 # One row per raw file a committed run looked at (including skipped ones).
 PROCESSED_SCHEMA = {**FILE_COLUMNS, "status": pl.String, "error": pl.String, "frames": pl.Int64, "tag": pl.String}
 
-# Per-shard decode results.
+# Per-shard decode status, one row per raw file of the shard (workflow/embeddings.py).
 FILE_STATUS_SCHEMA = {
     **FILE_COLUMNS,
     "status": pl.String,  # "ok" | "skipped"
@@ -24,13 +24,6 @@ FILE_STATUS_SCHEMA = {
     "frames": pl.Int64,
     "width": pl.Int64,
     "height": pl.Int64,
-}
-FRAME_SCHEMA = {
-    "raw_key": pl.String,
-    "raw_version": pl.String,
-    "frame_index": pl.Int64,
-    "timestamp_s": pl.Float64,
-    "mean_luma": pl.Float32,
 }
 
 # Built-in metadata columns of the per-shard embeddings table (selection/metadata.py), computed in the

@@ -1,9 +1,14 @@
 """Video frames streamed from ffmpeg: scaled to the model's input size inside ffmpeg, one pass,
-no file per frame; and the few selected frames re-extracted at full resolution as PNG."""
+no file per frame; and the few selected frames re-extracted at full resolution as PNG.
+
+Every ffmpeg decode process of the package is started by `_run`; `count_decodes()` counts them per source
+(tests and benchmarks: a run decodes each selected video at most twice, every other video once).
+"""
 
 from __future__ import annotations
 
 import collections
+import contextlib
 import re
 import subprocess
 import threading
@@ -42,8 +47,31 @@ def _video_stream(
     return stream
 
 
-def _run(stream: ffmpeg.nodes.OutputStream) -> subprocess.Popen[bytes]:
+_counters: list[collections.Counter[str]] = []
+_counters_lock = threading.Lock()
+
+
+@contextlib.contextmanager
+def count_decodes() -> Iterator[collections.Counter[str]]:
+    """Count the ffmpeg decode processes started while the block runs, per source (path or URL), from any
+    thread. Nothing is counted (or kept) outside such a block."""
+    counter: collections.Counter[str] = collections.Counter()
+    with _counters_lock:
+        _counters.append(counter)
+    try:
+        yield counter
+    finally:
+        with _counters_lock:
+            _counters.remove(counter)
+
+
+def _run(stream: ffmpeg.nodes.OutputStream, source: str) -> subprocess.Popen[bytes]:
+    """Start one ffmpeg process decoding `source`: the only place the package starts a decode."""
     args = stream.global_args("-nostdin", "-hide_banner", "-loglevel", "info").compile(cmd=ffmpeg_executable())
+    if _counters:
+        with _counters_lock:
+            for counter in _counters:
+                counter[source] += 1
     return subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
 
@@ -127,7 +155,7 @@ class FrameStream:
             .filter("showinfo")
             .output("pipe:", format="rawvideo", pix_fmt="rgb24", fps_mode="passthrough")
         )
-        proc = _run(stream)
+        proc = _run(stream, self.source)
         reader = _StderrReader(proc.stderr)
         reader.start()
         frame_bytes = s * s * 3
@@ -158,8 +186,48 @@ class FrameStream:
                 self.timestamps += [float("nan")] * (self.frames - len(self.timestamps))
 
 
-def _select_expression(indices: list[int]) -> str:
-    return "+".join(f"eq(n,{i})" for i in indices)
+# Longest select expression given to one ffmpeg process: the filter graph is one command-line argument, and
+# Linux refuses an argument over 128 KiB. About 3,500 scattered picks (many more when consecutive) fit.
+_MAX_SELECT_CHARS = 100_000
+
+
+def _ranges(indices: list[int]) -> list[tuple[int, int]]:
+    """Sorted distinct indices as inclusive runs of consecutive ones: [1, 2, 3, 7] -> [(1, 3), (7, 7)]."""
+    runs: list[tuple[int, int]] = []
+    for i in indices:
+        if runs and runs[-1][1] == i - 1:
+            runs[-1] = (runs[-1][0], i)
+        else:
+            runs.append((i, i))
+    return runs
+
+
+def _select_expression(runs: list[tuple[int, int]]) -> str:
+    """An ffmpeg expression true exactly for frame numbers n in the runs: a balanced binary search
+    (`if(lt(n,m),left,right)`), so its nesting grows with log2 of the runs. ffmpeg's parser refuses deep
+    expressions: a flat `eq(n,a)+eq(n,b)+...` fails ("Cannot allocate memory") above 100 terms."""
+    if len(runs) == 1:
+        a, b = runs[0]
+        return f"eq(n,{a})" if a == b else f"between(n,{a},{b})"
+    mid = len(runs) // 2
+    return f"if(lt(n,{runs[mid][0]}),{_select_expression(runs[:mid])},{_select_expression(runs[mid:])})"
+
+
+def _select_chunks(wanted: list[int]) -> list[list[int]]:
+    """Sorted distinct indices split so each chunk's expression fits one ffmpeg argument: one chunk (one
+    decode of the video) unless a video has thousands of scattered picks."""
+    runs = _ranges(wanted)
+    chunks: list[list[int]] = []
+    size = 0
+    for a, b in runs:
+        # What one run adds: its leaf ("between(n,A,B)" or "eq(n,A)") and at most one "if(lt(n,A),...,...)".
+        cost = len(f"if(lt(n,{a}),,)") + len(f"eq(n,{a})" if a == b else f"between(n,{a},{b})")
+        if not chunks or size + cost > _MAX_SELECT_CHARS:
+            chunks.append([])
+            size = 0
+        chunks[-1].extend(range(a, b + 1))
+        size += cost
+    return chunks
 
 
 def extract_frames_png(
@@ -172,21 +240,19 @@ def extract_frames_png(
 ) -> dict[int, bytes]:
     """The given frame indices (as counted by FrameStream with the same options) as full-resolution PNGs.
 
-    One ffmpeg pass per call; only the selected frames are encoded, nothing is written to disk.
+    One ffmpeg pass per call (unless thousands of scattered picks need more than one select expression);
+    it stops at the last selected frame. Only the selected frames are encoded, nothing is written to disk.
     """
     wanted = sorted(set(indices))
-    if not wanted:
-        return {}
     result: dict[int, bytes] = {}
-    # Chunks keep the select expression short for videos with many picks.
-    for start in range(0, len(wanted), 256):
-        chunk = wanted[start : start + 256]
+    for chunk in _select_chunks(wanted) if wanted else []:
         stream = (
             _video_stream(source, fps, skip_duplicates, scene_threshold)
-            .filter("select", _select_expression(chunk))
-            .output("pipe:", format="image2pipe", vcodec="png", fps_mode="passthrough")
+            .filter("select", _select_expression(_ranges(chunk)))
+            # -frames:v: ffmpeg stops after the last selected frame instead of decoding to the end.
+            .output("pipe:", format="image2pipe", vcodec="png", fps_mode="passthrough", **{"frames:v": len(chunk)})
         )
-        proc = _run(stream)
+        proc = _run(stream, source)
         reader = _StderrReader(proc.stderr)
         reader.start()
         assert proc.stdout is not None

@@ -1,6 +1,7 @@
 """Test-only crash switch: `DATAPOOL_FAULT_INJECT=<point>` SIGKILLs the process at that point.
 
-Points: after_frames, after_embeddings, after_selection, mid_upload, after_upload, after_commit;
+Points: after_file_status (in the embeddings step, between a shard's files.parquet and its embeddings),
+after_embeddings, after_selection, mid_upload, after_upload, after_commit;
 and mid_checkpoint (between the parts of a checkpoint, datapool/store.py: not in FAULT_POINTS, the
 run-level crash tests commit too few tags to write one; test_checkpoints.py uses it).
 Used by the crash-safety tests; never set it in production.
@@ -12,7 +13,9 @@ import os
 import signal
 
 FAULT_ENV = "DATAPOOL_FAULT_INJECT"
-FAULT_POINTS = ("after_frames", "after_embeddings", "after_selection", "mid_upload", "after_upload", "after_commit")
+FAULT_POINTS = (
+    "after_file_status", "after_embeddings", "after_selection", "mid_upload", "after_upload", "after_commit",
+)
 
 
 def fault_point(name: str) -> None:

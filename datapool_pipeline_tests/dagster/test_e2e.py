@@ -113,8 +113,7 @@ def test_graphql_run_sensor_run_and_process_all_backfill(
         assert processed[second].n_processed == 1
 
         # process_all through a backfill of the whole asset graph over every shard (as from the UI).
-        keys = [{"path": ["videos_datapool", n]} for n in ("raw_files", "frames", "embeddings", "selection", "tag",
-                                                             "report")]
+        keys = [{"path": ["videos_datapool", n]} for n in ("raw_files", "embeddings", "selection", "tag", "report")]
         backfill_config = op_run_config(
             RAW_FILES_OP,
             {"worker_config": {"use_datapool": True, "datasource": {"process_all": True}},
@@ -131,7 +130,7 @@ def test_graphql_run_sensor_run_and_process_all_backfill(
         )
         assert backfill.status == BulkActionStatus.COMPLETED_SUCCESS, servers.log_text()[-3000:]
         backfill_runs = instance.get_runs(dg.RunsFilter(tags={"dagster/backfill": backfill_id}))
-        # 2 shards ({a, b} and the sensor's {c}), frames + embeddings in ONE run (single-run backfill policy).
+        # 2 shards ({a, b} and the sensor's {c}), decoded and embedded in ONE run (single-run backfill policy).
         partitioned = [r for r in backfill_runs if "dagster/asset_partition_range_start" in r.tags]
         assert len(partitioned) == 1 and len(backfill_runs) == 3
         commits = store.load_commits()

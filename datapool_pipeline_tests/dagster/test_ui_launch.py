@@ -92,8 +92,7 @@ def test_ui_only_launch_and_process_all_backfill(tmp_path: Path, dagster_home: P
 
         # A file nothing registered, then a process_all backfill of the whole graph from the UI API.
         add_videos(input_dir, ["d.mp4"], first_source=3, seconds=1)
-        keys = [{"path": ["videos_datapool", n]} for n in ("raw_files", "frames", "embeddings", "selection", "tag",
-                                                             "report")]
+        keys = [{"path": ["videos_datapool", n]} for n in ("raw_files", "embeddings", "selection", "tag", "report")]
         config = {"ops": {RAW_FILES_OP: {"config": {"worker_config": {"use_datapool": True, "datasource": {
             "process_all": True}}, "selection_config": {"n_samples": 2}}}}}
         # No tags of its own, as the UI sends it: the run coordinator tags its runs with the dataset.
@@ -106,17 +105,15 @@ def test_ui_only_launch_and_process_all_backfill(tmp_path: Path, dagster_home: P
         assert last.n_processed == 4 and processed.height == 1  # d.mp4 was decoded, embedded, considered
         pool = state.samples["sample_id"]
         assert pool.n_unique() == pool.len() == 9
-        # d.mp4's shard is a partition now, and the UI shows its frames/embeddings as materialized.
+        # d.mp4's shard is a partition now, and the UI shows its embeddings as materialized.
         shards = instance.get_dynamic_partitions("videos_datapool__shards")
         assert len(shards) == 3  # {a, b}, {c}, {d}: each launch groups its new videos (videos_per_shard)
         d_shard = next(s for s in shards if "d-mp4" in s)
-        for name in ("frames", "embeddings"):
-            materialized = instance.get_materialized_partitions(dg.AssetKey(["videos_datapool", name]))
-            assert d_shard in materialized
+        assert d_shard in instance.get_materialized_partitions(dg.AssetKey(["videos_datapool", "embeddings"]))
 
-        # Re-embedding from the UI: frames + embeddings over all shard partitions, runs tagged likewise,
+        # Re-embedding from the UI: embeddings over all shard partitions, runs tagged likewise,
         # so the per-dataset run limit holds them and `datapool resume` finds them.
-        shard_keys = [{"path": ["videos_datapool", n]} for n in ("frames", "embeddings")]
+        shard_keys = [{"path": ["videos_datapool", "embeddings"]}]
         again = _backfill(servers, instance, {"assetSelection": shard_keys, "allPartitions": True})
         assert again and {r.tags.get(DATASET_TAG) for r in again} == {"videos-datapool"}, [r.tags for r in again]
         assert all("dagster/asset_partition_range_start" in r.tags for r in again)

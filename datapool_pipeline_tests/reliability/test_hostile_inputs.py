@@ -143,9 +143,9 @@ def test_hostile_videos_are_processed_or_skipped_and_reported(cli, tmp_path: Pat
     import dagster as dg
 
     with dg.DagsterInstance.get() as instance:
-        frames = instance.get_latest_materialization_event(dg.AssetKey(["hostile", "frames"]))
-        table = frames.asset_materialization.metadata["skipped_files"].value
-        unsafe = {"new\nline.mp4"}  # never read: listed by raw_files, not by frames
+        embedded = instance.get_latest_materialization_event(dg.AssetKey(["hostile", "embeddings"]))
+        table = embedded.asset_materialization.metadata["skipped_files"].value
+        unsafe = {"new\nline.mp4"}  # never read: listed by raw_files, not by embeddings
         assert {r.data["key"] for r in table.records} == skipped - unsafe
         assert all(r.data["reason"] for r in table.records)
         raw = instance.get_latest_materialization_event(dg.AssetKey(["hostile", "raw_files"])).asset_materialization

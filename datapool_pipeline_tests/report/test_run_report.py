@@ -176,7 +176,7 @@ def test_report_json_agrees_with_the_datapool_tables(scenario: Scenario) -> None
         hist = d["nearest_in_tag"]["ours"]["histogram"]
         assert sum(hist["counts"]) == samples.height and len(hist["edges"]) == len(hist["counts"]) + 1
         stages = [t["stage"] for t in report["timings"]["stages"]]
-        assert stages == ["raw_files", "frames", "embeddings", "selection", "tag", "checks"]
+        assert stages == ["raw_files", "embeddings", "selection", "tag", "checks"]
         assert report["timings"]["total_seconds"] >= sum(t["seconds"] for t in report["timings"]["stages"]) - 1
         points = pl.read_parquet(s.report_dir(commit.tag) / "embedding_2d.parquet")
         counts = dict(points.group_by("group").len().iter_rows())
