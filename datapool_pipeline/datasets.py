@@ -328,7 +328,7 @@ class DatasetSpec(StrictModel):
     )
     sensor: SensorSpec = Field(default=SensorSpec(), description="The sensor that starts runs on new files.")
     backfill_shards_per_run: int | None = Field(
-        default=None, ge=1, description="Shards per run of a frames/embeddings backfill; none: one run."
+        default=None, ge=1, description="Shards per run of an embeddings backfill; none: one run."
     )
     credentials: CredentialsSpec = Field(
         default=CredentialsSpec(),

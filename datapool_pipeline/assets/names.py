@@ -43,7 +43,7 @@ def launch_sensor_name(spec: DatasetSpec) -> str:
 
 
 def pool_name(spec: DatasetSpec, stage: str = "") -> str:
-    """The concurrency pool of a dataset's commit path, or of one of its stages (decode, embed)."""
+    """The concurrency pool of a dataset's commit path, or of one of its stages (embed: decode + embed)."""
     return f"datapool-{spec.name}" + (f"-{stage}" if stage else "")
 
 
