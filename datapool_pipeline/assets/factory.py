@@ -229,6 +229,8 @@ def build_dataset_assets(spec: DatasetSpec) -> DatasetAssets:
                 "stop_reason": summary.stop_reason,
                 **_similarity_metadata(summary.similarity),
                 **{f"balance_{b['key']}": b["short"] for b in summary.balance or []},  # achieved vs target
+                **_weights_metadata(summary.weights),
+                **_typicality_metadata(summary.typicality),
                 **({"threshold_removed": summary.threshold_removed}
                    if any(e.strategy.type == "THRESHOLD" for e in selection_config.strategies) else {}),
                 **({f"filtered_{reason}": n for reason, n in summary.filtered.items()} if summary.filtered else {}),
@@ -354,6 +356,22 @@ def _similarity_metadata(similarity: dict[str, Any] | None) -> dict[str, Any]:
         "similarity_candidates_mean": similarity["candidates_mean"],
     }
     return {name: value for name, value in short.items() if value is not None}
+
+
+def _mean_vs(entry: dict[str, Any]) -> str:
+    picks, candidates = entry["picks"]["mean"], (entry.get("candidates") or {}).get("mean")
+    shown = "n/a" if picks is None else f"{picks:.3f}"
+    return f"picks mean {shown}" + ("" if candidates is None else f" vs all new {candidates:.3f}")
+
+
+def _weights_metadata(weights: list[dict[str, Any]] | None) -> dict[str, str]:
+    """WEIGHTS in short: per key, the picks' mean value against all candidates'."""
+    return {f"weights_{w['key']}": _mean_vs(w) for w in weights or []}
+
+
+def _typicality_metadata(typicality: dict[str, Any] | None) -> dict[str, str]:
+    """TYPICALITY in short: the picks' kNN density (1: the densest new sample) against all candidates'."""
+    return {} if typicality is None else {"typicality_density": _mean_vs(typicality)}
 
 
 def _embedding_dim(store: DatapoolStore, plan: RunPlan, spec: DatasetSpec) -> int:

@@ -68,7 +68,7 @@ def _entry(
             "first_distance": finite(record.get("first_distance")),
         }  # fmt: skip
     elif kind == "TYPICALITY":
-        entry["result"] = {"strength": setting.get("strength", 1.0)}
+        entry["result"] = {"strength": setting.get("strength", 1.0), **(record.get("typicality") or {})}
     elif kind == "SIMILARITY":
         found = record.get("similarity") or {}
         entry["result"] = {
@@ -130,7 +130,11 @@ def _did(kind: str, inp: dict[str, Any], result: Any, entry: dict[str, Any]) -> 
         return (f"selected {result['selected']} of {result['requested']} requested ({why}); smallest pick "
                 f"distance {_f(entry.get('smallest_pick_distance'))}")
     if kind == "TYPICALITY":
-        return f"preferred dense regions with strength {_v(result['strength'])}"
+        did = f"preferred dense regions with strength {_v(result['strength'])}"
+        if result.get("picks") and result.get("candidates"):
+            did += (f"; picks' kNN density mean {_f(result['picks']['mean'])} vs all new samples "
+                    f"{_f(result['candidates']['mean'])} (1: densest)")
+        return did
     if kind == "SIMILARITY":
         queries = "; ".join(f'"{q}"' if result["query"] == "text" else q for q in result["queries"][:3])
         more = f" (+{len(result['queries']) - 3})" if len(result["queries"]) > 3 else ""

@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 RECORD_FORMAT = 1
 # Staging meta keys kept as they are (a strategy added later stages its outcome under its own key).
 _KEPT = ("requested", "selected", "adopted", "stop_reason", "candidates", "candidates_in_pool", "filtered",
-         "thresholds", "weights", "balance")
+         "thresholds", "weights", "balance", "typicality")
 
 
 def finite(value: Any, digits: int = 6) -> float | None:
@@ -74,6 +74,14 @@ def weights_summary(candidates: pl.DataFrame, picks: Sequence[int], selection: S
         out.append({"key": key, "strength": entry.strategy.strength, "picks": value_stats(values[index]),
                     "candidates": value_stats(values), "unknown": int(np.isnan(values).sum())})
     return out
+
+
+def typicality_summary(density: np.ndarray | None, picks: Sequence[int]) -> dict[str, Any] | None:
+    """TYPICALITY: the picks' kNN density (1: densest new sample) vs all candidates'; None without it."""
+    if density is None:
+        return None
+    index = np.asarray(list(picks), np.int64)
+    return {"picks": value_stats(density[index]), "candidates": value_stats(density)}
 
 
 def commit_record(meta: dict[str, Any]) -> dict[str, Any]:

@@ -81,6 +81,8 @@ class StrategyResult:
     first_distance: float
     """Distance to the datapool (and preselected picks) of the first sample the greedy part picked or
     would have picked (for DIVERSITY alone: the farthest candidate; inf with an empty pool)."""
+    density: np.ndarray | None = None
+    """TYPICALITY: each candidate's kNN density in [0, 1] (Neighbourhood.scores); None without it."""
 
 
 @dataclass
@@ -225,8 +227,9 @@ def select(
         pool_sq = kcenter.nearest_pool_distance(x, pool if pool is not None else empty,
                                                 exact_max_pairs=exact_max_pairs)
     greedy = lazy_weighted_greedy if len(x) >= LAZY_MIN_CANDIDATES else weighted_greedy
-    return greedy(
-        x, k, pool_sq, typicality_neighbours(x) if typicality is not None else None,
+    neighbourhood = typicality_neighbours(x) if typicality is not None else None
+    outcome = greedy(
+        x, k, pool_sq, neighbourhood,
         diversity_strength=diversity.strength,
         typicality_strength=typicality.strength if typicality is not None else 0.0,
         minimum_distance=diversity.stopping_condition_minimum_distance, preselected=preselected,
@@ -235,6 +238,8 @@ def select(
         ),
         balance=balance,
     )
+    outcome.density = neighbourhood.scores if neighbourhood is not None else None
+    return outcome
 
 
 def _add_bonus(bonus: np.ndarray | None, metadata_bonus: np.ndarray | None) -> np.ndarray | None:

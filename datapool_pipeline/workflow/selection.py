@@ -52,6 +52,11 @@ class SelectionSummary:
     balance: list[dict[str, Any]] | None = None
     """BALANCE: per entry, the target vs the shares before the run and achieved with the picks
     (workflow/user_metadata.py balance_summary); None without BALANCE."""
+    weights: list[dict[str, Any]] | None = None
+    """WEIGHTS: per entry, the key's values over the picks vs over the candidates
+    (selection/record.py weights_summary); None without WEIGHTS."""
+    typicality: dict[str, Any] | None = None
+    """TYPICALITY: the picks' kNN density vs the candidates' (selection/record.py typicality_summary)."""
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -229,6 +234,8 @@ def select_for_run(
         pl.Series("pool_distance", result.pool_distances[result.picks].astype(np.float32)),
     ).select(list(tables.sample_schema(dim)))
     processed = _processed_rows(plan, store, tag, spec.type)
+    weights = selection_record.weights_summary(new, list(result.picks), selection)
+    typicality = selection_record.typicality_summary(outcome.density, list(result.picks))
     meta = {
         "staging_id": staging_id,
         "tag": tag,
@@ -241,7 +248,8 @@ def select_for_run(
         "requested": k,
         "stop_reason": outcome.stop_reason,
         "first_distance": selection_record.finite(outcome.first_distance),  # DIVERSITY (for the report)
-        "weights": selection_record.weights_summary(new, list(result.picks), selection),  # WEIGHTS (report)
+        "weights": weights,  # WEIGHTS (report)
+        **({"typicality": typicality} if typicality is not None else {}),
         **({"similarity": similarity} if similarity is not None else {}),
         "thresholds": [t.as_dict() for t in thresholds],
         **({"balance": balance} if balance is not None else {}),
@@ -258,7 +266,7 @@ def select_for_run(
     return SelectionSummary(
         staging_id, tag, state.head_seq, new.height, picks.height, adopted, state.size, k, outcome.stop_reason,
         threshold_removed=sum(t.removed for t in thresholds), filtered=filtered,
-        similarity=similarity, balance=balance,
+        similarity=similarity, balance=balance, weights=weights or None, typicality=typicality,
     )
 
 

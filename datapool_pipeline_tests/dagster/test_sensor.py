@@ -271,6 +271,7 @@ def test_a_sensor_started_run_with_a_strategy_mix_on_videos(
     meta = selection_metadata(instance, "videos_datapool")
     assert meta["threshold_removed"] == 10 and meta["new_candidates"] == 20  # c.mp4's dark frames: none is a candidate
     assert meta["requested"] == 20 and meta["stop_reason"] == "minimum_distance"
+    assert str(meta["typicality_density"]).startswith("picks mean ")  # TYPICALITY's effect, in short
     assert 2 <= meta["selected"] < 20  # type: ignore[operator]
     state = DatapoolStore(open_storage(str(output_dir))).load_state()
     assert state.size == meta["selected"] and "c.mp4" not in state.samples["raw_key"].to_list()

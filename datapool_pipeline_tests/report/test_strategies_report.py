@@ -79,7 +79,10 @@ def test_report_json_says_what_each_strategy_did(committed) -> None:  # noqa: AN
     assert div["smallest_pick_distance"] == pytest.approx(float(picked[np.isfinite(picked)].min()), abs=1e-6)
     assert div["result"]["first_distance"] is None  # empty datapool: the first pick is infinitely far
 
-    assert entries["TYPICALITY"]["result"] == {"strength": 0.5}
+    typical = entries["TYPICALITY"]["result"]
+    assert typical["strength"] == 0.5 and typical == {"strength": 0.5, **meta["typicality"]}
+    density = typical["candidates"]  # kNN density in [0, 1] over the 3 candidates, the picks' within it
+    assert 0.0 <= density["min"] <= typical["picks"]["min"] <= typical["picks"]["max"] <= density["max"] <= 1.0
 
     sim = entries["SIMILARITY"]["result"]
     assert sim["query"] == "keys" and sim["queries"] == ["sharp_1.png"] and sim["strength"] == 10.0
