@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import contextlib
 import io
+import os
+import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -18,6 +20,12 @@ pytest_plugins = ["datapool_pipeline_tests.storage.servers"]
 # Fixtures that start object-store servers (storage/servers.py): a test that uses one is in the slow tier
 # whether or not its module says so. (`backend` and `faulty` pick their server at run time, by name.)
 SERVER_FIXTURES = frozenset({"s3_endpoint", "gcs_endpoint", "azurite_url", "s3", "gcs", "azure", "backend", "faulty"})
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # One cache of the embedding runtime's calibration (and ONNX exports) for the whole session, shared by
+    # subprocesses (CLI, dagster dev): the first real model load calibrates, later ones reuse its choice.
+    os.environ.setdefault("DATAPOOL_CACHE_DIR", tempfile.mkdtemp(prefix="datapool-test-cache-"))
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -155,7 +155,7 @@ def build_dataset_assets(spec: DatasetSpec) -> DatasetAssets:
         )
         @failures_as_reasons
         def embeddings(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
-            results = embed_shards(context.partition_keys, context.log.info)
+            results, runtime = embed_shards(context.partition_keys, context.log.info)
             embedded = sum(r.samples for r in results)
             skipped = [item for r in results for item in r.skipped]
             skipped_table = pl.DataFrame(skipped, schema=["key", "reason"], orient="row")
@@ -163,12 +163,13 @@ def build_dataset_assets(spec: DatasetSpec) -> DatasetAssets:
                 metadata={"embeddings": embedded, "computed_now": sum(r.samples for r in results if not r.cached),
                           "model": spec.embedding.fingerprint, "frames": sum(r.frames for r in results),
                           "files_skipped": len(skipped), "dagster/row_count": embedded,
+                          **({"embedding_runtime": runtime} if runtime else {}),
                           **({"skipped_files": metadata.table(skipped_table)} if skipped else {})}
             )
 
-    def embed_shards(keys: list[str], log: Callable[[str], None]) -> list[ShardEmbeddings]:
+    def embed_shards(keys: list[str], log: Callable[[str], None]) -> tuple[list[ShardEmbeddings], str | None]:
         """Each shard decoded once and embedded (workflow/embeddings.py), or read from its cache; the model
-        loads only if some shard needs it."""
+        loads only if some shard needs it. Also: the runtime that ran (embedding/runtimes.py), if any."""
         model = None
         results: list[ShardEmbeddings] = []
         for i, shard in enumerate(keys, start=1):
@@ -176,12 +177,13 @@ def build_dataset_assets(spec: DatasetSpec) -> DatasetAssets:
             if result is None:
                 if model is None:
                     model = load_model(spec.embedding)
-                    log(f"loaded {spec.embedding.model} on {model.device} (dim {model.dim})")
+                    log(f"loaded {spec.embedding.model} on {model.device} (dim {model.dim}; runtime "
+                        f"{model.runtime_note})")
                 result = embed_shard(spec, store, input_storage, model, shard, log=log)
             results.append(result)
             log(f"[{i}/{len(keys)}] shard {shard}: {result.frames} frames, {result.samples} embeddings"
                 + (" (cached)" if result.cached else ""))
-        return results
+        return results, model.runtime_note if model is not None else None
 
     @dg.asset(
         key=[prefix, "selection"],

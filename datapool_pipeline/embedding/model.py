@@ -254,8 +254,8 @@ def _load_cached(spec: EmbeddingSpec) -> EmbeddingModel:
     requested = runtimes.requested_runtime(spec.runtime)
     if device.type == "cpu":
         set_cpu_threads()
-        choice = runtimes.calibrate(runtimes.prepare_cpu_tower(model.visual), image_size, embedding.normalise,
-                                    requested, spec.batch_size)
+        choice = runtimes.choose(runtimes.prepare_cpu_tower(model.visual), image_size, embedding.normalise,
+                                 requested, spec.batch_size, spec.fingerprint)
         embedding.encode, embedding.runtime, embedding.runtime_note = choice.encode, choice.runtime, choice.describe()
         logging.getLogger(__name__).info("%s: embedding runtime %s", spec.model, embedding.runtime_note)
     else:

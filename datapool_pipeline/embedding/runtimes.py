@@ -26,6 +26,7 @@ import contextlib
 import functools
 import hashlib
 import importlib
+import json
 import os
 import tempfile
 import time
@@ -293,6 +294,8 @@ class Choice:
     frames: int
     seconds: float
     trials: list[Trial]
+    cached: bool = False
+    """auto's choice came from this machine's calibration cache (choose()), checked on a few frames."""
 
     @property
     def chosen(self) -> Trial:
@@ -301,7 +304,8 @@ class Choice:
     def describe(self) -> str:
         """One line for the run's log and the embeddings asset's metadata."""
         chosen = self.chosen
-        head = (f"{self.runtime} ({'auto' if self.requested == 'auto' else 'set'}; {chosen.frames_per_s:.1f} "
+        how = "auto, cached calibration" if self.cached else "auto" if self.requested == "auto" else "set"
+        head = (f"{self.runtime} ({how}; {chosen.frames_per_s:.1f} "
                 f"frames/s in calibration, min cosine to fp32 {chosen.min_cosine:.4f}")
         others = [t for t in self.trials if t.runtime != self.runtime]
         if others:
@@ -397,6 +401,38 @@ def calibrate(
     fastest = max(t.frames_per_s for t in good)
     best = next(t for t in good if t.frames_per_s >= fastest / _CLEARLY_FASTER)
     return Choice(best.runtime, encoders[best.runtime], requested, n, time.perf_counter() - start, trials)
+
+
+def choose(
+    fp32_visual: nn.Module, image_size: int, normalise: Callable[[np.ndarray], torch.Tensor], requested: str,
+    batch_size: int, model_key: str,
+) -> Choice:
+    """calibrate(), with `auto`'s choice cached per machine in cache_dir()/calibration: a later load of the
+    same model (`model_key`: its fingerprint) with the same batch, CPU, threads, torch and installed runtimes
+    builds the chosen runtime only and checks it against fp32 on a few frames, as for an explicit runtime
+    (seconds instead of a full calibration per run and per process). Delete the folder to measure again."""
+    if requested != "auto":
+        return calibrate(fp32_visual, image_size, normalise, requested, batch_size)
+    candidates = auto_candidates()
+    key = hashlib.blake2b(repr((
+        model_key, image_size, min(batch_size, _CALIBRATION_BATCH), sorted(cpu_flags()), cpu_threads(),
+        torch.__version__, candidates, "calibration-v1",
+    )).encode(), digest_size=12).hexdigest()
+    path = cache_dir() / "calibration" / f"{key}.json"
+    with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+        cached = str(json.loads(path.read_text())["runtime"])
+        if cached in candidates:
+            with contextlib.suppress(ConfigError):  # no longer close enough to fp32: calibrate again
+                choice = calibrate(fp32_visual, image_size, normalise, cached, batch_size)
+                choice.requested, choice.cached = "auto", True
+                return choice
+    choice = calibrate(fp32_visual, image_size, normalise, "auto", batch_size, candidates)
+    with contextlib.suppress(OSError):  # a read-only home only costs the next run a calibration
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps({"runtime": choice.runtime, "model": model_key, "note": choice.describe()}))
+        tmp.replace(path)
+    return choice
 
 
 def prepare_cpu_tower(visual: nn.Module) -> nn.Module:

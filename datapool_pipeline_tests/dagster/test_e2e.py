@@ -100,6 +100,10 @@ def test_graphql_run_sensor_run_and_process_all_backfill(
         assert [(c.run_id, c.n_samples) for c in commits] == [(first, 4), (second, 3)]
         tag_events = instance.fetch_materializations(dg.AssetKey(["videos_datapool", "tag"]), limit=10).records
         assert {e.asset_materialization.metadata["tag"].value for e in tag_events} == {c.tag for c in commits}
+        embedded = instance.fetch_materializations(dg.AssetKey(["videos_datapool", "embeddings"]), limit=10).records
+        runtimes = {e.asset_materialization.metadata["embedding_runtime"].value for e in embedded}
+        assert runtimes and all(str(r).split()[0] in ("int8", "fp32", "bf16", "onnx", "onnx-int8", "openvino")
+                                for r in runtimes)  # which runtime ran, and why (auto's measurements)
         assert all(c.config["worker_config"]["datasource"]["process_all"] is False for c in commits)
         # The asset checks guarding the datapool ran after each commit and passed.
         for run_id in (first, second):

@@ -186,3 +186,30 @@ def test_bad_runtime_in_datasets_yaml_names_the_key(tmp_path: Path, embedding: s
 def test_former_precision_key_still_reads_and_keeps_the_fingerprint() -> None:
     old, new = EmbeddingSpec(precision="int8"), EmbeddingSpec(runtime="int8")
     assert old == new and old.fingerprint == EmbeddingSpec(runtime="fp32").fingerprint
+
+
+def test_auto_choice_is_cached_per_machine(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The first auto load calibrates and records its choice; the next load of the same model builds that
+    runtime only (checked against fp32); a different model calibrates; a damaged record is measured again."""
+    monkeypatch.setenv("DATAPOOL_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(runtimes, "auto_candidates", lambda flags=None: ["int8", "fp32"])
+    torch.manual_seed(0)
+    tower = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 32 * 32, 64), torch.nn.GELU(),
+                                torch.nn.Linear(64, 16)).eval()
+
+    def normalise(frames: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(frames).permute(0, 3, 1, 2).float() / 255.0 - 0.5
+
+    def choose(model_key: str) -> runtimes.Choice:
+        return runtimes.choose(tower, 32, normalise, "auto", 8, model_key)
+
+    first = choose("tiny|a")
+    assert not first.cached and {t.runtime for t in first.trials} == {"int8", "fp32"}
+    (record,) = (tmp_path / "calibration").glob("*.json")
+    again = choose("tiny|a")
+    assert again.cached and again.runtime == first.runtime and [t.runtime for t in again.trials] == [first.runtime]
+    assert "auto, cached calibration" in again.describe()
+    assert not choose("tiny|b").cached  # another model: its own calibration
+    record.write_text("{not json")
+    assert not choose("tiny|a").cached
+    assert runtimes.choose(tower, 32, normalise, "fp32", 8, "tiny|a").runtime == "fp32"  # explicit: as set
