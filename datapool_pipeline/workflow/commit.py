@@ -85,7 +85,9 @@ def commit_staged(
 def upload_frames(
     spec: DatasetSpec, store: DatapoolStore, input_storage: Storage, picks: pl.DataFrame, log: Log
 ) -> None:
-    """Write each selected frame as a full-resolution PNG, one ffmpeg pass per video, in pick order."""
+    """Write each selected frame as a full-resolution PNG, videos in pick order: one ffmpeg pass per video, or
+    a seek per pick where that is cheaper and provably the same frame (media/video.py extract_frames_png; the
+    picks' recorded timestamps are what proves it)."""
     output = store.storage
     todo = picks.filter(~pl.col("sample_id").map_elements(output.exists, return_dtype=pl.Boolean))
     throttle = Throttle(log)
@@ -93,11 +95,12 @@ def upload_frames(
     if done:
         log(f"{done} selected frame(s) were already uploaded by an earlier attempt")
     order = todo.group_by(["raw_key", "raw_version"], maintain_order=True).agg(
-        pl.col("frame_index"), pl.col("sample_id"), pl.col("pick_rank").min().alias("first")
+        pl.col("frame_index"), pl.col("timestamp_s"), pl.col("sample_id"), pl.col("pick_rank").min().alias("first")
     ).sort("first")
     for row in order.iter_rows(named=True):
         with input_storage.local_source(row["raw_key"]) as source:
-            pngs = extract_frames_png(source, row["frame_index"], **spec.video.frame_options())
+            stamps = {i: t for i, t in zip(row["frame_index"], row["timestamp_s"], strict=True) if t is not None}
+            pngs = extract_frames_png(source, row["frame_index"], timestamps=stamps, **spec.video.frame_options())
         for index, sample_id in zip(row["frame_index"], row["sample_id"], strict=True):
             output.write_bytes(sample_id, pngs[index])
             done += 1
