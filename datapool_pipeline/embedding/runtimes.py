@@ -341,12 +341,15 @@ def calibrate(
     if requested != "auto":
         require(requested)
     names = (candidates or auto_candidates()) if requested == "auto" else [requested]
-    with torch.inference_mode():
-        probe = normalise(calibration_frames(2, image_size, seed=1))
-        fp32_visual(probe[:1])  # first call: allocations, kernel selection
-        _, seconds = _timed(fp32_visual, probe)
-    per_frame = seconds / len(probe)
-    n = min(batch_size, _CALIBRATION_BATCH, max(_MIN_CALIBRATION_BATCH, int(_CALIBRATION_SECONDS / per_frame)))
+    if requested == "auto":
+        with torch.inference_mode():
+            probe = normalise(calibration_frames(2, image_size, seed=1))
+            fp32_visual(probe[:1])  # first call: allocations, kernel selection
+            _, seconds = _timed(fp32_visual, probe)
+        per_frame = seconds / len(probe)
+        n = min(batch_size, _CALIBRATION_BATCH, max(_MIN_CALIBRATION_BATCH, int(_CALIBRATION_SECONDS / per_frame)))
+    else:  # an explicit (or cached) runtime is only checked, on a few frames
+        n = _CHECK_FRAMES
     x = normalise(calibration_frames(n, image_size))
     if requested in ("auto", "fp32"):
         reference, seconds = _timed(fp32_visual, x)
