@@ -95,7 +95,7 @@ def test_missing_optional_runtime_names_its_extra(monkeypatch: pytest.MonkeyPatc
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # as if not installed: `import onnxruntime` fails
     monkeypatch.setitem(sys.modules, "openvino", None)
     spec = EmbeddingSpec(model=TEST_MODEL, pretrained=None, device="cpu", runtime="onnx-int8")
-    with pytest.raises(ConfigError, match=r"^embedding\.runtime onnx-int8 needs onnxruntime: pip install "
+    with pytest.raises(ConfigError, match=r"^embedding\.runtime onnx-int8 needs onnxruntime( and onnx)?: pip install "
                        r"'datapool_pipeline\[onnx\]'"):
         emb.validate_embedding_spec(spec)  # called by load_model before the weights are built
     assert "onnx-int8" not in runtimes.auto_candidates() and "openvino" not in runtimes.auto_candidates()
