@@ -97,6 +97,21 @@ def test_hnsw_seeding_agrees_with_exact() -> None:
     assert greedy_k_center(cands, 100, pool=pool, exact_max_pairs=0).picks == picks_exact
 
 
+@pytest.mark.parametrize("seed", range(3))
+def test_near_ties_resolve_as_in_float64(seed: int) -> None:
+    """Candidates a few 1e-4 apart in 512-d: distances differ by less than float32 rounding (~1e-7), so a
+    float32 selector swaps them; every distance the selector compares is exact (float64), like the
+    reference's, on the exact and the hnswlib path."""
+    rng = np.random.default_rng(seed)
+    base = unit(rng, 4, 512)
+    x = base[rng.integers(4, size=300)] + rng.normal(scale=3e-4, size=(300, 512))
+    cands = (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+    pool = unit(rng, 50, 512)
+    expected = reference_greedy(cands, pool, 40, 0)
+    assert greedy_k_center(cands, 40, pool=pool).picks == expected
+    assert greedy_k_center(cands, 40, pool=pool, exact_max_pairs=0).picks == expected
+
+
 @pytest.mark.parametrize(
     ("n", "n_samples", "proportion", "expected"),
     [(100, 10, None, 10), (5, 10, None, 5), (100, None, 0.1, 10), (30, None, 0.1, 3), (4, None, 0.1, 1),

@@ -8,7 +8,7 @@ import pytest
 
 from datapool_pipeline.selection import greedy_k_center, kcenter
 from datapool_pipeline.selection.kcenter import build_hnsw_index, exact_nearest_sq_distance
-from datapool_pipeline.selection.screen import LowRows, fp32_slack
+from datapool_pipeline.selection.screen import Int8Rows, LowRows, fp32_slack
 from datapool_pipeline_tests.test_selection import reference_greedy, unit
 
 
@@ -21,17 +21,22 @@ def near_ties(rng: np.random.Generator, n: int, d: int) -> np.ndarray:
 
 
 @pytest.mark.parametrize("seed", range(4))
-def test_near_max_keeps_the_exact_argmax(seed: int) -> None:
+def test_int8_at_least_keeps_every_pair_over_the_threshold(seed: int) -> None:
     rng = np.random.default_rng(seed)
     pool, x = near_ties(rng, 3000, 64), near_ties(rng, 40, 64)
-    low = LowRows(len(pool), 64, lambda a, b: pool[a:b], chunk=700)
-    shift = (x @ pool[rng.integers(len(pool), size=len(x))].T).diagonal().astype(np.float32)
-    b, j = low.near_max(x, shift, chunk=500)
-    sims = (x.astype(np.float64) @ pool.astype(np.float64).T)
-    for row in range(len(x)):
-        kept = set(j[b == row].tolist())
-        best = sims[row].max()
-        assert set(np.flatnonzero(sims[row] >= best - 1e-6).tolist()) <= kept
+    low = Int8Rows(len(pool), 64, lambda a, b: pool[a:b], block=700)
+    sims = x.astype(np.float64) @ pool.astype(np.float64).T
+    threshold = sims.max(axis=1) - rng.choice([0.0, 1e-6, 1e-3], size=len(x))
+    b, j = low.at_least(x, threshold)
+    kept = set(zip(b.tolist(), j.tolist(), strict=True))
+    assert {(r, c) for r, c in zip(*np.nonzero(sims >= threshold[:, None]), strict=True)} <= kept
+    # with a loose threshold and `margin`: every pair within margin of the row's maximum (and over it)
+    loose = threshold - 0.5
+    b, j = low.at_least(x, loose, margin=1e-6)
+    kept = set(zip(b.tolist(), j.tolist(), strict=True))
+    near = sims >= sims.max(axis=1, keepdims=True) - 1e-6
+    assert {(r, c) for r, c in zip(*np.nonzero(near), strict=True)} <= kept
+    assert len(kept) < (sims >= loose[:, None]).sum()  # the loose threshold alone keeps more
 
 
 @pytest.mark.parametrize("seed", range(4))

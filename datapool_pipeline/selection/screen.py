@@ -1,10 +1,10 @@
-"""bfloat16 matrix products as a screen with proven error bounds; exact float32 only where it can matter.
+"""bfloat16 matrix products as a screen with proven error bounds; exact arithmetic only where it can matter.
 
 On a CPU with AVX512_BF16 a bf16 product runs ~2.5x faster than float32 and reads half the bytes, but
 its rounding would change which sample is nearest. So it is used only to rule pairs out: every pair
 whose true similarity could matter (be the maximum of its row, or exceed a threshold) is kept, with a
-bound that holds for any summation order, and the kept pairs are then computed in float32 from the
-exact vectors. The result is the float32 answer, not a bf16 one.
+bound that holds for any summation order, and the kept pairs are then evaluated in float64 from the
+exact vectors (selection.kcenter.exact_sq). The result is the exact answer, not a bf16 one.
 
 Bound, for x, t (float32) and their bf16 roundings x~, t~ (an extra column carries a per-row shift c~
 so that the product x~.t~ - c~ is small where it matters and its own bf16 rounding is tiny):
@@ -15,6 +15,9 @@ so that the product x~.t~ - c~ is small where it matters and its own bf16 roundi
 
 with RHO = 2^-8 (round to nearest gives 2^-9) and gamma_n = n u / (1 - n u), u = 2^-23 (any rounding
 mode). Products of two bf16 numbers are exact in float32.
+
+The datapool side of an exact verification (kcenter._PoolVerifier) uses int8 instead (Int8Rows: a quarter
+of the float32 bytes, exact int32 accumulation, so the bound is the quantisation alone).
 """
 
 from __future__ import annotations
@@ -27,7 +30,6 @@ import numpy as np
 RHO = 2.0**-7
 _RHO1 = RHO / (1.0 - RHO)
 _U32 = 2.0**-23
-Rows = Callable[[np.ndarray], np.ndarray]
 
 
 def _gamma(n: int) -> float:
@@ -73,21 +75,33 @@ class LowRows:
     largest rounding error and norm over its rows, for screened products against it."""
 
     def __init__(self, n: int, dim: int, fill: Callable[[int, int], np.ndarray] | None = None,
-                 chunk: int = 65536) -> None:
+                 chunk: int = 4096) -> None:
         torch = _torch()
         self.dim = dim
         self.low = torch.empty((n, dim + 1), dtype=torch.bfloat16)
         self.low[:, dim] = 1.0
         self.err_max, self.norm_max = 1e-30, 0.0
+        self._sq_lo, self._sq_hi = np.inf, -np.inf
         if fill is not None:
             for start in range(0, n, chunk):
                 self.set_rows(start, fill(start, min(n, start + chunk)))
 
     def set_rows(self, start: int, rows: np.ndarray) -> None:
-        err, norm, low = rounding(np.asarray(rows, np.float32).reshape(-1, self.dim))
+        rows = np.asarray(rows, np.float32).reshape(-1, self.dim)
+        err, norm, low = rounding(rows)
         self.low[start : start + len(low), : self.dim] = low
         self.err_max = max(self.err_max, float(err.max()))
         self.norm_max = max(self.norm_max, float(norm.max()) + float(err.max()))  # bounds |bf16(row)|
+        sq = np.einsum("ij,ij->i", rows, rows)  # |row|^2 within a float32 sum's error (sq_norm_range)
+        self._sq_lo, self._sq_hi = min(self._sq_lo, float(sq.min())), max(self._sq_hi, float(sq.max()))
+
+    @property
+    def sq_norm_range(self) -> tuple[float, float]:
+        """Bounds lo <= |row|^2 <= hi over the rows set so far (of the float32 rows, not their bf16)."""
+        if self._sq_lo > self._sq_hi:
+            return 1.0, 1.0
+        err = (self.dim + 2) * _U32 / (1.0 - (self.dim + 2) * _U32) * self._sq_hi
+        return max(0.0, self._sq_lo - err), self._sq_hi + err
 
     def __len__(self) -> int:
         return int(self.low.shape[0])
@@ -106,21 +120,6 @@ class LowRows:
         k = (x_err * self.norm_max + x_norm * self.err_max
              + _gamma(self.dim + 1) * np.sqrt((x_norm + x_err) ** 2 + s64**2) * np.sqrt(self.norm_max**2 + 1.0))
         return torch.cat([xl, -sl[:, None]], dim=1), s64, k * (1 + 1e-9) + 1e-30
-
-    def near_max(self, x: np.ndarray, shift: np.ndarray, chunk: int = 65536) -> tuple[np.ndarray, np.ndarray]:
-        """Pairs (row of x, row of this matrix) that can hold a row's largest true similarity: the true
-        argmax of every row of x is among them. `shift`: a similarity near each row's maximum (e.g. to
-        an approximate nearest row), which keeps the bf16 outputs small."""
-        torch = _torch()
-        xq, _, k = self._query(x, shift, None, None)
-        v = torch.empty((len(self), len(x)), dtype=torch.bfloat16)
-        for start in range(0, len(self), chunk):
-            torch.mm(self.low[start : start + chunk], xq.T, out=v[start : start + chunk])
-        vmax = v.max(dim=0).values.double().numpy()
-        # every output >= thr may be the maximum; bf16(thr) <= bf16 outputs >= thr, so a superset
-        thr = torch.from_numpy(_upper_inv(_lower(vmax) - 2.0 * k)).to(torch.bfloat16)
-        j, b = (v >= thr[None, :]).nonzero(as_tuple=True)
-        return b.numpy(), j.numpy()
 
     def above(self, x: np.ndarray, threshold: np.ndarray, slack: float, lo: int, hi: int,
               x_err: np.ndarray | None = None, x_norm: np.ndarray | None = None,
@@ -144,13 +143,86 @@ class LowRows:
         return torch.cat(kept_b).numpy(), torch.cat(kept_j).numpy()
 
 
-def max_sim_rows(x: np.ndarray, b: np.ndarray, j: np.ndarray, rows: Rows) -> np.ndarray:
-    """float32 max over the pairs (b, j) of x[b] . rows(j), per row of x (-inf where no pair)."""
-    out = np.full(len(x), -np.inf, dtype=np.float32)
-    if len(b) == 0:
-        return out
-    uniq, inv = np.unique(j, return_inverse=True)
-    vectors = rows(uniq)
-    sims = np.einsum("ij,ij->i", x[b], vectors[inv]).astype(np.float32)
-    np.maximum.at(out, b, sims)
-    return out
+class Int8Rows:
+    """A matrix of float32 rows held as int8 (a quarter of the bytes), one scale per block of `block` rows,
+    for screened products against it (at_least). Held for the whole datapool at 1e6 x 512: 0.5 GB, where
+    bf16 took 1 GB and the selection's peak memory was over 1.5x the two embedding matrices.
+
+    int8 x int8 products accumulate exactly in int32 (|sum| <= d 127^2 < 2^24 is also exact in float64),
+    so the only error is the quantisation: for x ~ s_x q_x (a scale per row of x) and t ~ s_B q_t
+    (a scale per block B of this matrix),
+
+        |x.t - s_x s_B (q_x . q_t)| <= |x - s_x q_x| |s_B q_t| + |x| |t - s_B q_t|
+
+    with both norms of the differences evaluated in float64 (exact up to ~1e-16 relative)."""
+
+    def __init__(self, n: int, dim: int, fill: Callable[[int, int], np.ndarray], block: int = 16384) -> None:
+        torch = _torch()
+        self.dim, self.block, self.n = dim, block, n
+        self.q = torch.empty((n, dim), dtype=torch.int8)
+        self.scales = np.ones(max(1, -(-n // block)))
+        self.err_max, self.norm_max = 0.0, 0.0
+        lo, hi = np.inf, -np.inf
+        for i, start in enumerate(range(0, n, block)):
+            t = np.asarray(fill(start, min(n, start + block)), np.float32).reshape(-1, dim)
+            peak = float(np.abs(t).max()) if t.size else 0.0
+            scale = peak / 127.0 if peak > 0 else 1.0
+            self.scales[i] = scale
+            for a in range(0, len(t), 4096):  # float64 errors a part at a time
+                t64 = t[a : a + 4096].astype(np.float64)
+                q = np.clip(np.rint(t64 / scale), -127, 127)
+                self.q[start + a : start + a + len(q)] = torch.from_numpy(q.astype(np.int8))
+                q *= scale
+                self.norm_max = max(self.norm_max, float(np.sqrt(np.einsum("ij,ij->i", q, q).max())))
+                q -= t64
+                self.err_max = max(self.err_max, float(np.sqrt(np.einsum("ij,ij->i", q, q).max())))
+                sq = np.einsum("ij,ij->i", t64, t64)
+                lo, hi = min(lo, float(sq.min())), max(hi, float(sq.max()))
+        self.err_max *= 1 + 1e-12
+        self.norm_max *= 1 + 1e-12
+        self.sq_norm_range = (lo * (1 - 1e-12), hi * (1 + 1e-12)) if lo <= hi else (1.0, 1.0)
+
+    def __len__(self) -> int:
+        return self.n
+
+    def at_least(self, x: np.ndarray, threshold: np.ndarray,
+                 margin: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Pairs (row of x, row of this matrix) whose true similarity can be >= threshold (per row of x);
+        every other pair is proven below it. One pass over the matrix.
+
+        With `margin`, also only pairs that can come within `margin` of their row's largest true
+        similarity (tracked over the blocks read so far, the kept pairs filtered again at the end): a
+        loose threshold then costs little once a block holds a near row."""
+        torch = _torch()
+        x64 = np.asarray(x, np.float64).reshape(-1, self.dim)
+        peak = np.abs(x64).max(axis=1) if x64.size else np.zeros(len(x64))
+        s_x = np.where(peak > 0, peak / 127.0, 1.0)
+        q_x = np.clip(np.rint(x64 / s_x[:, None]), -127, 127)
+        e_x = np.sqrt(np.einsum("ij,ij->i", x64 - s_x[:, None] * q_x, x64 - s_x[:, None] * q_x)) * (1 + 1e-12)
+        k = e_x * self.norm_max + np.sqrt(np.einsum("ij,ij->i", x64, x64)) * (1 + 1e-12) * self.err_max + 1e-9
+        qx = torch.from_numpy(q_x.astype(np.int8))
+        need = np.asarray(threshold, np.float64) - k  # keep iff s_x s_B Q >= need
+        vmax = np.full(len(x64), -np.inf)
+        kept_b, kept_j, kept_v = [], [], []
+        for i, start in enumerate(range(0, self.n, self.block)):
+            product = torch._int_mm(qx, self.q[start : start + self.block].T)  # rows of x x block, exact
+            scale = s_x * self.scales[i]
+            qmax = product.amax(dim=1).numpy().astype(np.float64)
+            if margin is not None:
+                vmax = np.maximum(vmax, scale * qmax)
+                need = np.maximum(need, vmax - 2.0 * k - margin)
+            # integer form of s_x s_B Q >= need, rounded down (a superset)
+            qneed = np.clip(np.floor(need / scale) - 1.0, -(2.0**31), 2.0**31 - 1)
+            hit = np.flatnonzero(qmax >= qneed)
+            if len(hit):
+                part = product[torch.from_numpy(hit)]
+                row, j = (part >= torch.from_numpy(qneed[hit].astype(np.int32))[:, None]).nonzero(as_tuple=True)
+                b = hit[row.numpy()]
+                kept_b.append(b)
+                kept_j.append(j.numpy() + start)
+                kept_v.append(scale[b] * part[row, j].numpy().astype(np.float64))
+        if not kept_b:
+            return np.empty(0, np.int64), np.empty(0, np.int64)
+        b, j, v = np.concatenate(kept_b), np.concatenate(kept_j), np.concatenate(kept_v)
+        keep = v >= need[b]
+        return b[keep], j[keep]

@@ -3,11 +3,14 @@ hnswlib upper bounds that are deliberately loose)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
-from datapool_pipeline.selection import greedy_k_center
-from datapool_pipeline.selection.kcenter import _LazyDistances, exact_nearest_sq_distance
+from datapool_pipeline.datapool.pool_index import open_index_file
+from datapool_pipeline.selection import greedy_k_center, kcenter
+from datapool_pipeline.selection.kcenter import _LazyDistances, build_hnsw_index, exact_nearest_sq_distance
 from datapool_pipeline_tests.test_selection import reference_greedy, unit
 
 
@@ -35,6 +38,27 @@ def test_hnsw_path_is_exact_and_reports_exact_pool_distances_for_picks() -> None
     assert result.picks == reference_greedy(cands, pool, 60, 0)
     exact = np.sqrt(exact_nearest_sq_distance(cands, pool))
     assert np.allclose(result.pool_distances[result.picks], exact[result.picks], atol=1e-5)
+
+
+@pytest.mark.parametrize("pool_from_index", [False, True])
+def test_every_hnswlib_refinement_level_keeps_the_picks_exact(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, pool_from_index: bool
+) -> None:
+    """A first query at ef 1 (loose bounds for many candidates), then ef 32, 128 and 512 for those that
+    come near the top (every level on, whatever the pool size), then exact verification."""
+    monkeypatch.setattr(kcenter, "HNSW_EF_FIRST", 1)
+    monkeypatch.setattr(kcenter, "_REFINE_MIN_POOL_PER_EF", 0)
+    monkeypatch.setattr(kcenter, "_REFINE_BATCH", 16)
+    rng = np.random.default_rng(13)
+    centers = unit(rng, 60, 24)
+    cands, pool = clustered(rng, 1200, 24, centers), clustered(rng, 2000, 24, centers)
+    index = build_hnsw_index(pool)
+    if pool_from_index:  # as datapool.pool_index returns it: vectors read from the saved file
+        index.save_index(str(tmp_path / "pool.hnsw"))
+        index = open_index_file(str(tmp_path / "pool.hnsw"), 24, len(pool))
+    result = greedy_k_center(cands, 60, pool=None if pool_from_index else pool, pool_index=index,
+                             exact_max_pairs=0, block_rows=64)
+    assert result.picks == reference_greedy(cands, pool, 60, 0)
 
 
 def test_loose_upper_bounds_are_verified_before_picking() -> None:
