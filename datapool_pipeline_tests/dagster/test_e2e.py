@@ -3,10 +3,7 @@ through the GraphQL client, a run the sensor starts by itself, and a process_all
 
 from __future__ import annotations
 
-import json
-import urllib.request
 from pathlib import Path
-from typing import Any
 
 import dagster as dg
 import pytest
@@ -19,7 +16,7 @@ from datapool_pipeline.datapool import DatapoolStore
 from datapool_pipeline.datasets import load_datasets
 from datapool_pipeline.launch import prepare_run, run_tags
 from datapool_pipeline.storage import open_storage
-from datapool_pipeline_tests.dagster.servers import dagster_servers, wait_for
+from datapool_pipeline_tests.dagster.servers import BACKFILL_MUTATION, dagster_servers, finished_run, graphql, wait_for
 from datapool_pipeline_tests.helpers import add_videos, write_datasets_yaml
 
 # Slow tier: a real Dagster webserver and daemon run the jobs.
@@ -27,32 +24,6 @@ pytestmark = pytest.mark.slow
 
 JOB = "videos_datapool_datapool"
 RAW_FILES_OP = "videos_datapool__raw_files"
-DONE = {dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED}
-BACKFILL_MUTATION = """
-mutation Backfill($params: LaunchBackfillParams!) {
-  launchPartitionBackfill(backfillParams: $params) {
-    __typename
-    ... on LaunchBackfillSuccess { backfillId }
-    ... on PythonError { message }
-  }
-}"""
-
-
-def _graphql(port: int, query: str, variables: dict[str, Any]) -> dict[str, Any]:
-    request = urllib.request.Request(
-        f"http://127.0.0.1:{port}/graphql",
-        data=json.dumps({"query": query, "variables": variables}).encode(),
-        headers={"Content-Type": "application/json"},
-    )
-    with urllib.request.urlopen(request, timeout=60) as response:
-        return json.loads(response.read())
-
-
-def _finished(instance: dg.DagsterInstance, run_id: str) -> dg.DagsterRun | None:
-    run = instance.get_run_by_id(run_id)
-    return run if run is not None and run.status in DONE else None
-
-
 @pytest.mark.timeout(900)
 @pytest.mark.filterwarnings("ignore:Using variable_values:DeprecationWarning")  # inside dagster_graphql's client
 def test_graphql_run_sensor_run_and_process_all_backfill(
@@ -93,7 +64,7 @@ def test_graphql_run_sensor_run_and_process_all_backfill(
         assert len(sensor_runs) == 1
         second = sensor_runs[0].run_id
         for run_id in (first, second):
-            run = wait_for(f"run {run_id}", lambda r=run_id: _finished(instance, r))
+            run = wait_for(f"run {run_id}", lambda r=run_id: finished_run(instance, r))
             assert run.status == dg.DagsterRunStatus.SUCCESS, servers.log_text()[-3000:]
 
         commits = store.load_commits()
@@ -125,7 +96,7 @@ def test_graphql_run_sensor_run_and_process_all_backfill(
         )
         params = {"assetSelection": keys, "allPartitions": True, "runConfigData": backfill_config,
                   "tags": [{"key": "datapool/dataset", "value": "videos-datapool"}]}
-        response = _graphql(servers.port, BACKFILL_MUTATION, {"params": params})
+        response = graphql(servers.port, BACKFILL_MUTATION, {"params": params})
         backfill_id = response["data"]["launchPartitionBackfill"]["backfillId"]
         backfill = wait_for(
             "the backfill",

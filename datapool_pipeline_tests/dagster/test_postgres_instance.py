@@ -22,7 +22,7 @@ from dagster._core.scheduler.instigation import InstigatorType, TickStatus
 from datapool_pipeline.datapool import DatapoolStore
 from datapool_pipeline.storage import LocalStorage
 from datapool_pipeline_tests.dagster.postgres import PostgresServer, postgres_server
-from datapool_pipeline_tests.dagster.servers import REPO, dagster_servers, wait_for
+from datapool_pipeline_tests.dagster.servers import DONE, REPO, dagster_servers, wait_for
 from datapool_pipeline_tests.helpers import add_videos, write_datasets_yaml
 
 # Slow tier: a PostgreSQL server, a Dagster webserver and daemon.
@@ -34,7 +34,6 @@ SENSOR_INTERVAL = 15
 """Seconds between two sensor ticks (not 1): the files of a CLI run arrive right after a tick, so
 `datapool run` registers them before the next tick; with a tick in between, the sensor would claim them
 first and start its own run (its n_samples), and the scenario's counts would depend on who won."""
-DONE = {dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED}
 RUNS_QUERY = "{ runsOrError { __typename ... on Runs { results { runId status } } } }"
 
 

@@ -16,8 +16,14 @@ from dagster_graphql import DagsterGraphQLClient
 from datapool_pipeline.assets.names import DATASET_TAG
 from datapool_pipeline.datapool import DatapoolStore
 from datapool_pipeline.storage import LocalStorage
-from datapool_pipeline_tests.dagster.servers import DagsterServers, dagster_servers, wait_for
-from datapool_pipeline_tests.dagster.test_e2e import BACKFILL_MUTATION, _finished, _graphql
+from datapool_pipeline_tests.dagster.servers import (
+    BACKFILL_MUTATION,
+    DagsterServers,
+    dagster_servers,
+    finished_run,
+    graphql,
+    wait_for,
+)
 from datapool_pipeline_tests.helpers import add_videos, write_datasets_yaml
 
 # Slow tier: a real Dagster webserver and daemon run the jobs.
@@ -30,7 +36,7 @@ RAW_FILES_OP = "videos_datapool__raw_files"
 
 def _backfill(servers: DagsterServers, instance: dg.DagsterInstance, params: dict) -> list[dg.DagsterRun]:
     """Launch a backfill with no tags of its own (as the UI does); return its runs once it succeeded."""
-    response = _graphql(servers.port, BACKFILL_MUTATION, {"params": params})
+    response = graphql(servers.port, BACKFILL_MUTATION, {"params": params})
     backfill_id = response["data"]["launchPartitionBackfill"]["backfillId"]
     backfill = wait_for(
         f"backfill {backfill_id}",
@@ -46,7 +52,7 @@ def _backfill(servers: DagsterServers, instance: dg.DagsterInstance, params: dic
 def _launch(client: DagsterGraphQLClient, instance: dg.DagsterInstance, config: dict) -> dg.DagsterRun:
     """Launch the launch job with run config only; return the datapool run it started, finished."""
     launch_id = client.submit_job_execution(LAUNCH_JOB, run_config={"ops": {LAUNCH_OP: {"config": config}}})
-    launched = wait_for(f"launch run {launch_id}", lambda: _finished(instance, launch_id))
+    launched = wait_for(f"launch run {launch_id}", lambda: finished_run(instance, launch_id))
     assert launched.status == dg.DagsterRunStatus.SUCCESS
     started = wait_for(
         "the datapool run the launch started",
@@ -54,7 +60,7 @@ def _launch(client: DagsterGraphQLClient, instance: dg.DagsterInstance, config: 
         timeout=120,
     )
     assert len(started) == 1
-    return wait_for("the datapool run", lambda: _finished(instance, started[0].run_id))
+    return wait_for("the datapool run", lambda: finished_run(instance, started[0].run_id))
 
 
 @pytest.mark.timeout(900)
@@ -84,7 +90,7 @@ def test_ui_only_launch_and_process_all_backfill(tmp_path: Path, dagster_home: P
 
         # Nothing new: the launch run fails with the one-line reason, and no datapool run starts.
         launch_id = client.submit_job_execution(LAUNCH_JOB, run_config={"ops": {LAUNCH_OP: {"config": grow}}})
-        failed = wait_for("the empty launch", lambda: _finished(instance, launch_id))
+        failed = wait_for("the empty launch", lambda: finished_run(instance, launch_id))
         assert failed.status == dg.DagsterRunStatus.FAILURE
         failures = instance.all_logs(launch_id, of_type=dg.DagsterEventType.STEP_FAILURE)
         reason = failures[0].dagster_event.step_failure_data.user_failure_data.description
