@@ -128,7 +128,7 @@ def exact_sq(x: np.ndarray, xi: np.ndarray, rows: Rows | np.ndarray, yj: np.ndar
     return _snap_duplicates(out)
 
 
-def _small_product(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+def small_product(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     """x @ y.T in float32 on one thread (torch/MKL). The greedy loop's products are small (a block of rows
     against a few new picks); two BLAS threads made them 3-20x slower on 2 cores shared with other jobs
     (thread hand-offs), and the loop runs thousands of them."""
@@ -519,7 +519,7 @@ class _LazyDistances:
         float32 products bound every pair's distance within sq_error; a pair is evaluated exactly only
         if it can be below the row's d2 and can be the nearest of these picks."""
         picks = self.pick_vectors[done:total]
-        sims = _small_product(x, picks)
+        sims = small_product(x, picks)
         smax = sims.max(axis=1).astype(np.float64)
         # 2 - 2 s <= d2 + e  and  2 - 2 s <= 2 - 2 smax + 2 e
         need = _f32_floor(np.maximum((2.0 - d2 - self.sq_error) / 2.0, smax - self.sq_error))
