@@ -18,9 +18,9 @@ its nearest datapool-or-selected sample; over all candidates in the JSON) and th
    1's whole input (images: each image re-encoded as JPEG at quality 70 and shifted by 2 pixels, embedded
    again; clusters: each vector + N(0, 0.002) per dimension) against run 1's picks, which should add nothing.
 4. Speed: weighted_greedy (every candidate rescored per pick) vs lazy_weighted_greedy on the same data, same
-   picks, alternated.
+   picks, alternated, at several sizes (where select() should switch: LAZY_MIN_CANDIDATES).
 
-    nice python benchmarks/bench_quality.py --quick   # 4k vectors k=100, 1.2k images, speed at 20k (minutes)
+    nice python benchmarks/bench_quality.py --quick   # 4k vectors k=100, 1.2k images, speed at 2k-20k (minutes)
     nice python benchmarks/bench_quality.py           # 20k vectors k=400, 3k images, speed at 100k
 """
 
@@ -129,17 +129,17 @@ def scenario(name: str, cand: np.ndarray, labels: np.ndarray, pool: np.ndarray, 
                                                 max(r["mean_radius"] for r in randoms)]
     variants: list[tuple[str, float | None]] = [("DIVERSITY", None)]
     variants += [(f"DIVERSITY+TYPICALITY {s:g}", s) for s in STRENGTHS]
-    density = strategies.typicality_scores(cand)
+    weight = strategies.typicality_scores(cand)
     for label, strength in variants:
         out, seconds = timed(lambda s=strength: strategies.select(cand, k, config(s), pool=pool))
         picks = np.array(out.result.picks, int)
         rows[label] = {**metrics(cand, labels, pool, picks, n_classes), "seconds": seconds}
-        # Why a max radius is what it is: the TYPICALITY density (0..1) of the worst-covered inlier, and how
-        # many outliers are at most that dense (TYPICALITY cannot tell those apart).
+        # Why a max radius is what it is: the TYPICALITY weight (0..1) of the worst-covered inlier, and how
+        # many outliers weigh at most as much (TYPICALITY cannot tell those apart).
         covered = nearest(cand, np.concatenate([pool, cand[picks]]))
         worst = int(np.flatnonzero(labels >= 0)[np.argmax(covered[labels >= 0])])
-        rows[label]["worst_inlier_density"] = float(density[worst])
-        rows[label]["outliers_at_most_as_dense"] = float((density[labels < 0] <= density[worst]).mean())
+        rows[label]["worst_inlier_weight"] = float(weight[worst])
+        rows[label]["outliers_weighing_at_most_as_much"] = float((weight[labels < 0] <= weight[worst]).mean())
     print(f"\n{name}: {len(cand)} candidates ({outlier_share:.0%} outliers), datapool {len(pool)}, k = {k}, "
           f"random: mean of {seeds} seeds")
     print(f"{'selection':<28}{'classes':>8}{'share gap':>10}{'mean r':>9}{'mean/rand':>10}{'max r':>8}"
@@ -359,35 +359,42 @@ def synthetic_stopping(rng: np.random.Generator, centers: np.ndarray, n: int) ->
 
 # --- speed of the combined greedy --------------------------------------------------------------------------
 
-def speed(n: int, k: int, repeats: int) -> dict[str, Any]:
+def speed(sizes: tuple[int, ...], k: int, repeats: int) -> dict[str, Any]:
     """weighted_greedy vs lazy_weighted_greedy (DIVERSITY + TYPICALITY 0.5, empty datapool and a datapool)
-    on 512-d clustered vectors: the same picks, alternated runs, best of `repeats`."""
-    rng = np.random.default_rng(11)
-    dim = 512
-    centers = rng.normal(size=(200, dim))
-    x = centers[rng.integers(200, size=n)] + rng.normal(size=(n, dim)) * 0.08
-    x = unit(x + rng.normal(size=(n, 8)) @ rng.normal(size=(8, dim)) * 0.3)
-    hood, hood_s = timed(lambda: strategies.typicality_neighbours(x))
-    pool = unit(centers[rng.integers(200, size=n // 10)] + rng.normal(size=(n // 10, dim)) * 0.08)
-    out: dict[str, Any] = {"candidates": n, "k": k, "dim": dim, "neighbours_seconds": hood_s,
-                           "OPENBLAS_NUM_THREADS": os.environ.get("OPENBLAS_NUM_THREADS", "unset")}
-    for name, p in (("empty_datapool", pool[:0]), ("with_datapool", pool)):
-        from datapool_pipeline.selection import kcenter
+    on 512-d clustered vectors of each size: the same picks, alternated runs, best of `repeats`."""
+    from datapool_pipeline.selection import kcenter
 
-        sq = kcenter.nearest_pool_distance(x, p)
-        times: dict[str, list[float]] = {"reference": [], "lazy": []}
-        picks: dict[str, list[int]] = {}
-        for _ in range(repeats):
-            for label, fn in (("lazy", strategies.lazy_weighted_greedy), ("reference", strategies.weighted_greedy)):
-                res, s = timed(lambda fn=fn, sq=sq: fn(x, k, sq, hood, typicality_strength=RECOMMENDED))
-                times[label].append(s)
-                picks[label] = res.result.picks
-        row = {"reference_seconds": min(times["reference"]), "lazy_seconds": min(times["lazy"]),
-               "speedup": min(times["reference"]) / min(times["lazy"]),
-               "same_picks": picks["lazy"] == picks["reference"], "datapool": len(p)}
-        out[name] = row
-        print(f"\nspeed, {name}: {n} candidates, k = {k}: reference {row['reference_seconds']:.2f} s, lazy "
-              f"{row['lazy_seconds']:.2f} s -> {row['speedup']:.1f}x, same picks: {row['same_picks']}")
+    out: dict[str, Any] = {"k": k, "dim": 512, "repeats": repeats,
+                           "OPENBLAS_NUM_THREADS": os.environ.get("OPENBLAS_NUM_THREADS", "unset"),
+                           "LAZY_MIN_CANDIDATES": strategies.LAZY_MIN_CANDIDATES, "sizes": {}}
+    for n in sizes:
+        rng = np.random.default_rng(11)
+        dim = 512
+        centers = rng.normal(size=(200, dim))
+        x = centers[rng.integers(200, size=n)] + rng.normal(size=(n, dim)) * 0.08
+        x = unit(x + rng.normal(size=(n, 8)) @ rng.normal(size=(8, dim)) * 0.3)
+        hood, hood_s = timed(lambda x=x: strategies.typicality_neighbours(x))
+        pool = unit(centers[rng.integers(200, size=n // 10)] + rng.normal(size=(n // 10, dim)) * 0.08)
+        rows: dict[str, Any] = {"candidates": n, "neighbours_seconds": hood_s}
+        for name, p in (("empty_datapool", pool[:0]), ("with_datapool", pool)):
+            sq = kcenter.nearest_pool_distance(x, p)
+            times: dict[str, list[float]] = {"reference": [], "lazy": []}
+            picks: dict[str, list[int]] = {}
+            for r in range(repeats):
+                order = [("lazy", strategies.lazy_weighted_greedy), ("reference", strategies.weighted_greedy)]
+                for label, fn in order if r % 2 == 0 else order[::-1]:
+                    res, s = timed(lambda fn=fn, sq=sq, x=x, hood=hood: fn(x, k, sq, hood,
+                                                                           typicality_strength=RECOMMENDED))
+                    times[label].append(s)
+                    picks[label] = res.result.picks
+            row = {"reference_seconds": min(times["reference"]), "lazy_seconds": min(times["lazy"]),
+                   "reference_runs": times["reference"], "lazy_runs": times["lazy"],
+                   "speedup": min(times["reference"]) / min(times["lazy"]),
+                   "same_picks": picks["lazy"] == picks["reference"], "datapool": len(p)}
+            rows[name] = row
+            print(f"\nspeed, {name}: {n} candidates, k = {k}: reference {row['reference_seconds']:.2f} s, lazy "
+                  f"{row['lazy_seconds']:.2f} s -> {row['speedup']:.2f}x, same picks: {row['same_picks']}", flush=True)
+        out["sizes"][str(n)] = rows
     return out
 
 
@@ -397,7 +404,7 @@ def main() -> None:
     args = parser.parse_args()
     n, k, seeds = (4000, 100, 20) if args.quick else (20000, 400, 50)
     n_img, k_img = (1200, 60) if args.quick else (3000, 150)
-    n_speed, k_speed, repeats = (20000, 200, 1) if args.quick else (100000, 500, 2)
+    sizes, k_speed, repeats = ((2000, 5000, 20000), 200, 2) if args.quick else ((20000, 100000), 500, 2)
     rng = np.random.default_rng(0)
     centers = unit(rng.normal(size=(len(CLUSTERS), DIM)))
     cand, labels = make_data(rng, n, centers)
@@ -422,7 +429,7 @@ def main() -> None:
         for sel, t in v.items():
             print(f"  {name:<58}{sel:<28}" + "  ".join(f"{key}={'yes' if ok else 'NO'}" for key, ok in t.items()))
     stop = synthetic_stopping(rng, centers, n // 2)
-    fast = speed(n_speed, k_speed, repeats)
+    fast = speed(sizes, k_speed, repeats)
     write_result("quality", args.quick, {
         "cpu_model": cpu_model(),
         "setup": {"candidates": n, "k": k, "dim": DIM, "random_seeds": seeds, "outlier_share": OUTLIER_SHARE,

@@ -97,6 +97,30 @@ def test_typicality_with_diversity_avoids_the_outliers_that_diversity_alone_chas
         assert len(mixed.result.picks) == 30 and len(set(labels[mixed.result.picks]) - {-1}) == 4
 
 
+def test_typicality_keeps_a_sparse_coherent_group_and_weighs_down_isolated_outliers() -> None:
+    """The relative density (local outlier factor) in TYPICALITY's weight: the members of a small, sparse but
+    coherent cluster (a rare class) have neighbours as sparse as themselves and keep a weight above every
+    isolated outlier's, so the mix picks more of them than with the absolute density alone, and no outlier."""
+    rng = np.random.default_rng(1)
+    a, b = unit(rng.normal(size=(2, 32)))
+    bases = rng.normal(size=(2, 3, 32)) / np.sqrt(32)
+    dense = unit(a + (rng.normal(size=(400, 3)) * 0.3) @ bases[0] + rng.normal(scale=0.01, size=(400, 32)))
+    rare = unit(b + (rng.normal(size=(40, 3)) * 1.5) @ bases[1] + rng.normal(scale=0.01, size=(40, 32)))
+    x = np.concatenate([dense, rare, unit(rng.normal(size=(8, 32)))])
+    labels = np.array([0] * 400 + [1] * 40 + [-1] * 8)
+    hood = strategies.typicality_neighbours(x)
+    assert hood.relative is not None and hood.density is not None
+    assert hood.relative[labels == 1].mean() > hood.relative[labels < 0].max()
+    assert hood.scores[labels == 1].min() > hood.scores[labels < 0].max()
+    absolute = strategies.Neighbourhood(hood.density, hood.indices, hood.distances)
+    empty = np.full(len(x), 4.0)
+    ours = labels[strategies.weighted_greedy(x, 20, empty, hood, typicality_strength=0.5).result.picks]
+    dense_only = labels[strategies.weighted_greedy(x, 20, empty, absolute, typicality_strength=0.5).result.picks]
+    assert (ours == 1).sum() > (dense_only == 1).sum() and not (ours < 0).any()
+    covered = strategies.select(x, 20, selection(typicality=0.5), pool=dense[:100]).result.picks
+    assert (labels[covered] == 1).sum() >= 15 and not (labels[covered] < 0).any()
+
+
 def test_weighted_greedy_never_picks_copies_and_stops_when_only_copies_are_left() -> None:
     x = np.eye(4, 8, dtype=np.float32)
     cand = np.concatenate([x, x[:2], x[:1]])

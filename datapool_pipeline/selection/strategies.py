@@ -11,9 +11,10 @@ with both maxima over the candidates that can still be picked (so each term stay
 the selection goes on, and datapool-aware: d counts the datapool).
 
 - Without TYPICALITY, u = d (the farthest candidate scores 1) and there is no g term.
-- TYPICALITY (issue 13) uses each candidate's kNN density among the new data, w in [0, 1] (1: the densest
-  candidate; `typicality_neighbours`), twice. u = w * d: the diversity term prefers far candidates in
-  dense regions over far isolated ones (outliers: noise, black or glitched frames). g is the coverage the
+- TYPICALITY (issue 13) uses each candidate's weight among the new data, w in [0, 1] (`typicality_neighbours`:
+  sqrt(kNN density * relative density), 1: the most typical candidate), twice. u = w * d: the diversity term
+  prefers far candidates in dense regions, or in sparse regions that are as sparse as their surroundings
+  (a rare class), over far isolated ones (outliers: noise, black or glitched frames). g is the coverage the
   candidate would bring to its neighbourhood: g_i = w_i d_i + sum over its TYPICALITY_NEIGHBOURS nearest
   new samples j of w_j * max(d_j - |x_i - x_j|, 0), i.e. how much picking it lowers the density-weighted
   distance of the new data to its nearest datapool-or-picked sample (greedy facility location on the kNN
@@ -55,6 +56,9 @@ from datapool_pipeline.selection.kcenter import KCenterResult, greedy_k_center
 
 # Typicality: mean cosine distance to this many nearest other candidates (fewer when fewer exist).
 TYPICALITY_NEIGHBOURS = 10
+# Relative density (local outlier factor) over this many nearest: groups smaller than this that sit next to
+# denser data count as outliers (LOF's MinPts; benchmarks/bench_quality.py).
+RELATIVE_NEIGHBOURS = 30
 # Exact kNN over the candidates up to this many candidates (blocked N x N products); hnswlib above.
 TYPICALITY_EXACT_MAX = 20_000
 _BLOCK_ROWS = 1024
@@ -82,7 +86,7 @@ class StrategyResult:
     """Distance to the datapool (and preselected picks) of the first sample the greedy part picked or
     would have picked (for DIVERSITY alone: the farthest candidate; inf with an empty pool)."""
     density: np.ndarray | None = None
-    """TYPICALITY: each candidate's kNN density in [0, 1] (Neighbourhood.scores); None without it."""
+    """TYPICALITY: each candidate's weight in [0, 1] (Neighbourhood.scores); None without it."""
 
 
 @dataclass
@@ -117,33 +121,64 @@ class BalanceTerm:
 
 
 def typicality_scores(candidates: np.ndarray, neighbours: int = TYPICALITY_NEIGHBOURS) -> np.ndarray:
-    """kNN density of each candidate among the candidates, normalised to [0, 1] (1: densest)."""
+    """TYPICALITY's weight of each candidate in [0, 1] (1: the most typical; Neighbourhood.scores)."""
     return typicality_neighbours(candidates, neighbours).scores
 
 
 @dataclass
 class Neighbourhood:
     scores: np.ndarray
-    """kNN density normalised to [0, 1] (1: densest): the negated mean distance to the neighbours, min-max."""
+    """TYPICALITY's weight w in [0, 1]: sqrt(density * relative), divided by its maximum."""
     indices: np.ndarray
-    """(N, K) each candidate's K nearest other candidates (K = min(neighbours, N - 1))."""
+    """(N, K) each candidate's K nearest other candidates (K = min(neighbours, N - 1)), nearest first."""
     distances: np.ndarray
     """(N, K) their Euclidean distances (float64)."""
+    density: np.ndarray | None = None
+    """kNN density in [0, 1] (1: densest): the negated mean cosine distance to the K neighbours, min-max."""
+    relative: np.ndarray | None = None
+    """Relative density in (0, 1]: the mean over the RELATIVE_NEIGHBOURS nearest of their mean distance to
+    their own RELATIVE_NEIGHBOURS nearest, divided by the candidate's own, capped at 1 (1 / local outlier
+    factor)."""
 
 
-def typicality_neighbours(candidates: np.ndarray, neighbours: int = TYPICALITY_NEIGHBOURS) -> Neighbourhood:
-    """Each candidate's nearest other candidates and its kNN density (TYPICALITY).
+def typicality_neighbours(candidates: np.ndarray, neighbours: int = TYPICALITY_NEIGHBOURS,
+                          relative_neighbours: int = RELATIVE_NEIGHBOURS) -> Neighbourhood:
+    """Each candidate's nearest other candidates and its TYPICALITY weight.
 
-    Density is the negated mean cosine distance to the `neighbours` nearest other candidates: exact for
-    up to TYPICALITY_EXACT_MAX candidates, hnswlib (approximate neighbours) above.
+    The weight is sqrt(density * relative) (Neighbourhood): the absolute kNN density alone (min-max over the
+    candidates) drives the sparsest inliers, e.g. a rare class, to ~0 together with the outliers; the
+    relative density (local outlier factor) tells them apart: a member of a sparse but coherent group has
+    neighbours about as sparse as itself (relative ~1), an isolated sample or a group smaller than
+    `relative_neighbours` sits next to denser data (relative < 1). Neighbours are exact for up to
+    TYPICALITY_EXACT_MAX candidates, hnswlib (approximate) above.
     """
     x = np.ascontiguousarray(candidates, np.float32)
     n = len(x)
     kk = max(min(neighbours, n - 1), 0)
+    mm = max(min(max(relative_neighbours, neighbours), n - 1), 0)
+    if kk == 0:
+        return Neighbourhood(np.ones(n, np.float64), np.zeros((n, 0), np.int64), np.zeros((n, 0), np.float64))
+    indices, cos_dist = _nearest_others(x, mm)
+    order = np.argsort(cos_dist, axis=1, kind="stable")  # nearest first
+    indices = np.take_along_axis(indices, order, axis=1)
+    cos_dist = np.maximum(np.take_along_axis(cos_dist, order, axis=1), 0.0)
+    mean_dist = cos_dist[:, :kk].mean(axis=1)
+    spread = mean_dist.max() - mean_dist.min()
+    density = np.ones(n, np.float64) if spread <= 0 else (mean_dist.max() - mean_dist) / spread
+    reach = np.sqrt(2.0 * cos_dist).mean(axis=1)  # mean Euclidean distance to the mm nearest
+    around = reach[indices].mean(axis=1)
+    relative = np.where(reach > around, around / np.maximum(reach, 1e-12), 1.0)
+    weight = np.sqrt(density * relative)
+    top = weight.max()
+    scores = weight / top if top > 0 else np.ones(n, np.float64)
+    return Neighbourhood(scores, indices[:, :kk], np.sqrt(2.0 * cos_dist[:, :kk]), density, relative)
+
+
+def _nearest_others(x: np.ndarray, kk: int) -> tuple[np.ndarray, np.ndarray]:
+    """(N, kk) each row's kk nearest other rows (unordered) and their cosine distances (float64)."""
+    n = len(x)
     indices = np.zeros((n, kk), np.int64)
     cos_dist = np.zeros((n, kk), np.float64)
-    if kk == 0:
-        return Neighbourhood(np.ones(n, np.float64), indices, cos_dist)
     if n <= TYPICALITY_EXACT_MAX:
         for start in range(0, n, _BLOCK_ROWS):
             sims = x[start : start + _BLOCK_ROWS] @ x.T
@@ -152,23 +187,18 @@ def typicality_neighbours(candidates: np.ndarray, neighbours: int = TYPICALITY_N
             top = np.argpartition(sims, n - kk, axis=1)[:, n - kk :]
             indices[start : start + len(sims)] = top
             cos_dist[start : start + len(sims)] = 1.0 - np.take_along_axis(sims, top, axis=1)
-    else:
-        index = kcenter.build_hnsw_index(x)
-        index.set_ef(max(kcenter.HNSW_EF, 2 * (kk + 1)))
-        labels, dists = index.knn_query(x, k=kk + 1)
-        own = labels == np.arange(n)[:, None]
-        # Drop each row's own entry (or, if the search missed it, its farthest neighbour).
-        keep = ~own
-        missing = keep.all(axis=1)
-        keep[missing, -1] = False
-        order = np.argsort(~keep, axis=1, kind="stable")[:, :kk]  # the kept entries, in their order
-        indices = np.take_along_axis(labels, order, axis=1).astype(np.int64)
-        cos_dist = np.take_along_axis(dists, order, axis=1).astype(np.float64)
-    cos_dist = np.maximum(cos_dist, 0.0)
-    mean_dist = cos_dist.mean(axis=1)
-    spread = mean_dist.max() - mean_dist.min()
-    scores = np.ones(n, np.float64) if spread <= 0 else (mean_dist.max() - mean_dist) / spread
-    return Neighbourhood(scores, indices, np.sqrt(2.0 * cos_dist))
+        return indices, cos_dist
+    index = kcenter.build_hnsw_index(x)
+    index.set_ef(max(kcenter.HNSW_EF, 2 * (kk + 1)))
+    labels, dists = index.knn_query(x, k=kk + 1)
+    own = labels == np.arange(n)[:, None]
+    # Drop each row's own entry (or, if the search missed it, its farthest neighbour).
+    keep = ~own
+    missing = keep.all(axis=1)
+    keep[missing, -1] = False
+    order = np.argsort(~keep, axis=1, kind="stable")[:, :kk]  # the kept entries, in their order
+    return (np.take_along_axis(labels, order, axis=1).astype(np.int64),
+            np.take_along_axis(dists, order, axis=1).astype(np.float64))
 
 
 def similarity_scores(candidates: np.ndarray, queries: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -277,7 +307,7 @@ class _Objective:
     diversity_strength: float
     typicality_strength: float
     weight: np.ndarray
-    """w per candidate: the TYPICALITY density (ones without TYPICALITY)."""
+    """w per candidate: the TYPICALITY weight (ones without TYPICALITY)."""
     neighbours: np.ndarray | None
     neighbour_distances: np.ndarray | None
     bonus: np.ndarray | None
@@ -497,7 +527,7 @@ def lazy_weighted_greedy(
                 chunk, chunk_seen = rows[s : min(b, s + 2048)], seen[s : min(b, s + 2048)]
                 best = np.full(len(chunk), np.inf)
                 for col in range(int(chunk_seen[0]), t, 1024):
-                    sims = x[chunk] @ pick_vectors[col : min(t, col + 1024)].T
+                    sims = kcenter.small_product(x[chunk], pick_vectors[col : min(t, col + 1024)])
                     step = 2.0 - 2.0 * sims.astype(np.float64)
                     step[step < kcenter.DUPLICATE_SQ_DISTANCE] = 0.0
                     if chunk_seen[-1] > col:  # some rows have seen some of these picks already
