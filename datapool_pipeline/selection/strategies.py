@@ -62,11 +62,11 @@ RELATIVE_NEIGHBOURS = 30
 # Exact kNN over the candidates up to this many candidates (blocked N x N products); hnswlib above.
 TYPICALITY_EXACT_MAX = 20_000
 _BLOCK_ROWS = 1024
-# select() uses lazy_weighted_greedy from this many candidates on. Measured (benchmarks/bench_quality.py, 512-d,
-# DIVERSITY + TYPICALITY 0.5): 7.3x faster at 1e5 candidates, k = 300 with single-threaded BLAS, but 0.9x at 1e5
-# and 0.4-0.6x at 2e4 with OpenBLAS's 2 threads on a loaded 2-core machine: its many small matrix products
-# each pay the threads' hand-off. Below this, the reference is as fast or faster.
-LAZY_MIN_CANDIDATES = 100_000
+# select() uses lazy_weighted_greedy from this many candidates on. Measured (benchmarks/bench_quality.py --quick, 512-d,
+# DIVERSITY + TYPICALITY 0.5, k = 200, OpenBLAS's default 2 threads on a loaded 2-core machine; its products through
+# kcenter.small_product, one thread): 2.5-5.6x faster at 2,000 and 5,000 candidates, 3.1-6.8x at 20,000; 0.7-1.4x at
+# 1,000, 0.2-0.3x at 500 (where both take under 0.2 s).
+LAZY_MIN_CANDIDATES = 2_000
 # Rows per block of lazy_weighted_greedy.
 LAZY_BLOCK_ROWS = 1024
 # Distances are capped here: the largest distance of unit vectors (an empty datapool is "as far as can be").
