@@ -64,8 +64,8 @@ TYPICALITY_EXACT_MAX = 20_000
 _BLOCK_ROWS = 1024
 # select() uses lazy_weighted_greedy from this many candidates on. Measured (benchmarks/bench_quality.py --quick, 512-d,
 # DIVERSITY + TYPICALITY 0.5, k = 200, OpenBLAS's default 2 threads on a loaded 2-core machine; its products through
-# kcenter.small_product, one thread): 2.5-5.6x faster at 2,000 and 5,000 candidates, 3.1-6.8x at 20,000; 0.7-1.4x at
-# 1,000, 0.2-0.3x at 500 (where both take under 0.2 s).
+# kcenter.small_product, one thread): 2.5-8.5x faster at 2,000 and 5,000 candidates, 2.0-6.8x at 20,000; 0.7-1.4x at
+# 1,000, 0.2-0.3x at 500 (where both take under 0.2 s; docs/performance.md).
 LAZY_MIN_CANDIDATES = 2_000
 # Rows per block of lazy_weighted_greedy.
 LAZY_BLOCK_ROWS = 1024
