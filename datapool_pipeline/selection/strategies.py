@@ -86,7 +86,8 @@ class StrategyResult:
     """Distance to the datapool (and preselected picks) of the first sample the greedy part picked or
     would have picked (for DIVERSITY alone: the farthest candidate; inf with an empty pool)."""
     density: np.ndarray | None = None
-    """TYPICALITY: each candidate's weight in [0, 1] (Neighbourhood.scores); None without it."""
+    """TYPICALITY: each candidate's kNN density in [0, 1] (Neighbourhood.density; what the report shows);
+    None without it."""
 
 
 @dataclass
@@ -157,7 +158,8 @@ def typicality_neighbours(candidates: np.ndarray, neighbours: int = TYPICALITY_N
     kk = max(min(neighbours, n - 1), 0)
     mm = max(min(max(relative_neighbours, neighbours), n - 1), 0)
     if kk == 0:
-        return Neighbourhood(np.ones(n, np.float64), np.zeros((n, 0), np.int64), np.zeros((n, 0), np.float64))
+        ones = np.ones(n, np.float64)
+        return Neighbourhood(ones, np.zeros((n, 0), np.int64), np.zeros((n, 0), np.float64), ones, ones)
     indices, cos_dist = _nearest_others(x, mm)
     order = np.argsort(cos_dist, axis=1, kind="stable")  # nearest first
     indices = np.take_along_axis(indices, order, axis=1)
@@ -268,7 +270,7 @@ def select(
         ),
         balance=balance,
     )
-    outcome.density = neighbourhood.scores if neighbourhood is not None else None
+    outcome.density = neighbourhood.density if neighbourhood is not None else None
     return outcome
 
 
