@@ -42,7 +42,8 @@ class WorkerConfig(StrictModel):
 
 
 # Built-in metadata keys (computed per sample in the embedding pass; see selection/metadata.py).
-BUILTIN_METADATA_KEYS = ("brightness", "contrast", "sharpness", "timestamp", "duration", "width", "height", "file_size")
+BUILTIN_METADATA_KEYS = ("brightness", "contrast", "sharpness", "pixel_correlation", "timestamp", "duration", "width",
+                         "height", "file_size")
 METADATA_STRATEGY_TYPES = ("WEIGHTS", "THRESHOLD", "BALANCE")
 # Inputs of the METADATA family: values per sample, by key. METADATA: a built-in key or a column of the
 # dataset's user table (datasets.yaml `metadata: {file: ...}`); SCORES and PREDICTIONS: a column of that table.

@@ -1,5 +1,5 @@
-"""Built-in metadata (brightness, contrast, sharpness, timestamp, duration, width, height, file_size) from
-the embedding pass, and the METADATA strategies WEIGHTS and THRESHOLD: numpy units, config errors, and
+"""Built-in metadata (brightness, contrast, sharpness, pixel_correlation, timestamp, duration, width, height,
+file_size) from the embedding pass, and the METADATA strategies WEIGHTS and THRESHOLD: numpy units, config errors, and
 real runs with the tiny embedder on ffmpeg-generated images and a video."""
 
 from __future__ import annotations
@@ -62,6 +62,15 @@ def test_frame_stats_of_black_noise_and_blurred_frames() -> None:
     gb, gc, gs = metadata.frame_stats(gradient.astype(np.uint8))
     assert 120 < gb < 135 and gc > 60 and gs < 1  # smooth: contrast but no sharpness
     assert metadata.frame_stats(np.full((2, 2, 3), 7, np.uint8))[2] == 0.0
+    # pixel_correlation: noise about 0, smooth or flat frames 1; a source upscaled 3x is read 3 pixels apart.
+    assert max(abs(c) for c in metadata.neighbour_correlations(metadata.luma_of(noise))) < 0.2
+    assert metadata.neighbour_correlations(metadata.luma_of(gradient.astype(np.uint8)))[0] > 0.9
+    assert metadata.neighbour_correlations(metadata.luma_of(black)) == (1.0,) * metadata.MAX_CORRELATION_LAG
+    upscaled = np.repeat(np.repeat(noise[:11, :11], 3, 0), 3, 1)  # 11x11 noise shown at 33x33
+    correlations = metadata.neighbour_correlations(metadata.luma_of(upscaled))
+    assert correlations[0] > 0.5 and metadata.pixel_correlation(correlations, 33, 11, 11) < 0.2
+    assert [metadata.correlation_lag(224, w, h) for w, h in [(1280, 720), (224, 300), (160, 120), (96, 96),
+                                                              (10, 10), (None, None)]] == [1, 1, 2, 3, 4, 1]
 
 
 def test_thresholds_and_weights_on_values() -> None:
@@ -277,29 +286,55 @@ def test_video_frames_get_timestamp_duration_resolution_and_low_brightness_when_
     assert sorted(picks["frame_index"].to_list()) == [5, 6, 7, 8, 9]
 
 
-def test_dataset_filter_drops_black_and_blurred_frames_and_counts_them(tmp_path: Path) -> None:
+def write_noise_images(folder: Path) -> dict[str, str]:
+    """Two frames of static (ffmpeg geq random luma): one larger than the tiny embedder's 32x32, one of
+    12x9 pixels, which the decode upscales (interpolation correlates neighbours: pixel_correlation's lag)."""
+    noise = "geq=lum='random(1)*255':cb=128:cr=128"
+    return {ffmpeg_still(folder / f"noise_{i}.png", f"nullsrc=size={size}:rate=1", noise).name: "noise"
+            for i, size in enumerate(["160x120", "12x9"])}
+
+
+def test_dataset_filter_drops_black_blurred_and_noise_frames_and_counts_them(tmp_path: Path) -> None:
     from datapool_pipeline.datasets import parse_datasets
 
     raw = {"datasets": {"imgs": {
         "type": "IMAGES", "input": str(tmp_path / "in"), "output": str(tmp_path / "out"), "images_per_shard": 4,
         # The tiny embedder decodes at 32x32, where sharpness is larger than at 224 (the default's scale).
-        "filters": {"drop_black": True, "drop_blurred": True, "blurred_max_sharpness": 100}}}}
+        "filters": {"drop_black": True, "drop_blurred": True, "blurred_max_sharpness": 100, "drop_noise": True}}}}
     spec = parse_datasets(raw, tmp_path)["imgs"]
-    kinds = write_mixed_images(Path(spec.input))
-    summary = select_new(spec, {"selection_config": {"n_samples": 7}}, "f1", 0)
-    assert summary.filtered == {"black": 2, "blurred": 2}
+    kinds = {**write_mixed_images(Path(spec.input)), **write_noise_images(Path(spec.input))}
+    summary = select_new(spec, {"selection_config": {"n_samples": 9}}, "f1", 0)
+    assert summary.filtered == {"black": 2, "blurred": 2, "noise": 2}
     assert (summary.candidates, summary.selected) == (3, 3)
     store = DatapoolStore(LocalStorage(spec.output))
     meta, picks, _ = store.read_staging("f1")  # type: ignore[misc]
-    assert meta["filtered"] == {"black": 2, "blurred": 2}
+    assert meta["filtered"] == {"black": 2, "blurred": 2, "noise": 2}
     assert sorted(kinds[k] for k in picks["raw_key"]) == ["sharp"] * 3
     store.delete_staging("f1")
+    correlation = dict(_embeddings(spec).select("raw_key", "pixel_correlation").iter_rows())
+    noise = [correlation[k] for k, kind in kinds.items() if kind == "noise"]
+    scenes = [correlation[k] for k, kind in kinds.items() if kind != "noise"]
+    assert max(noise) < 0.3 < 0.8 < min(scenes)
+
+    # Shards embedded before pixel_correlation existed: their samples are kept by drop_noise.
+    for shard in store.read_registry()["shard_id"].unique().to_list():
+        df = store.read_shard_embeddings(shard, TINY_FINGERPRINT)
+        assert df is not None
+        store.write_shard_embeddings(shard, TINY_FINGERPRINT, df.drop("pixel_correlation"))
+    only_noise = {**raw["datasets"]["imgs"], "filters": {"drop_noise": True}}
+    kept = select_new(parse_datasets({"datasets": {"imgs": only_noise}}, tmp_path)["imgs"],
+                      {"selection_config": {"n_samples": 9}}, "f0", 1)
+    assert (kept.filtered, kept.candidates) == ({"noise": 0}, 9)
+    store.delete_staging("f0")
 
     everything = {**raw["datasets"]["imgs"], "filters": {"drop_blurred": True, "blurred_max_sharpness": 1e9}}
-    with pytest.raises(RunAborted, match=r"filter \(datasets.yaml filters\) dropped all 7 new samples \(7 blurred\)"):
+    with pytest.raises(RunAborted, match=r"filter \(datasets.yaml filters\) dropped all 9 new samples \(9 blurred\)"):
         select_new(parse_datasets({"datasets": {"imgs": everything}}, tmp_path)["imgs"],
                 {"selection_config": {"n_samples": 2}}, "f2", 1)
 
     bad = {**raw["datasets"]["imgs"], "filters": {"drop_black": True, "black_max_brightness": 300}}
     with pytest.raises(ConfigError, match=r"imgs\.filters\.black_max_brightness"):
+        parse_datasets({"datasets": {"imgs": bad}}, tmp_path)
+    bad = {**raw["datasets"]["imgs"], "filters": {"drop_noise": True, "noise_max_correlation": 2}}
+    with pytest.raises(ConfigError, match=r"imgs\.filters\.noise_max_correlation"):
         parse_datasets({"datasets": {"imgs": bad}}, tmp_path)

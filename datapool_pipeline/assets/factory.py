@@ -144,8 +144,8 @@ def build_dataset_assets(spec: DatasetSpec) -> DatasetAssets:
             deps=[raw_files],
             description=f"Per shard: every raw file decoded once, at the model's input size: per-file status "
             "(bad files are skipped and listed, never fatal), frame manifest (index, timestamp, brightness, "
-            f"contrast, sharpness) and L2-normalised open_clip {spec.embedding.model} embeddings of every "
-            "frame/image, cached per model so they are never recomputed.",
+            f"contrast, sharpness, pixel_correlation) and L2-normalised open_clip {spec.embedding.model} "
+            "embeddings of every frame/image, cached per model so they are never recomputed.",
             pool=names.pool_name(spec, "embed"),
             op_tags=embed_step_k8s_tags(),  # pod resources / GPU node under k8s_job_executor
             kinds={"python", "ffmpeg", "pytorch", "parquet"},

@@ -32,6 +32,7 @@ EMBEDDING_METADATA_SCHEMA: dict[str, pl.DataType] = {
     "brightness": pl.Float32(),
     "contrast": pl.Float32(),
     "sharpness": pl.Float32(),
+    "pixel_correlation": pl.Float32(),
     "duration_s": pl.Float64(),
     "width": pl.Int64(),
     "height": pl.Int64(),

@@ -7,6 +7,11 @@ it computes, at a small cost next to the model:
 - brightness: mean luma (0..255, Rec. 601 weights),
 - contrast: standard deviation of luma,
 - sharpness: variance of the 4-neighbour Laplacian of luma (low: blurred or flat frames),
+- pixel_correlation: autocorrelation of luma between neighbouring pixels, the smaller of horizontal and
+  vertical (natural and rendered scenes: above 0.5, mostly above 0.8; noise/static: about 0). Neighbours
+  are one pixel apart at the source's resolution: a source smaller than the model size is upscaled, and
+  interpolation correlates adjacent pixels even of pure noise, so there the lag is the upscale factor
+  rounded up (at most MAX_CORRELATION_LAG); see pixel_correlation(),
 
 and from the raw file: timestamp (s, videos; 0 for images), duration (s, videos), width and height (of
 the raw file, not the model-size frame) and file_size (bytes). They are columns of each shard's
@@ -19,6 +24,7 @@ combined greedy of selection/strategies.py adds with the entry's strength.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -36,6 +42,7 @@ BUILTIN_COLUMNS: dict[str, str] = {
     "brightness": "brightness",
     "contrast": "contrast",
     "sharpness": "sharpness",
+    "pixel_correlation": "pixel_correlation",
     "timestamp": "timestamp_s",
     "duration": "duration_s",
     "width": "width",
@@ -50,12 +57,23 @@ METADATA_SCHEMA = EMBEDDING_METADATA_SCHEMA
 OPERATIONS = ("BIGGER", "BIGGER_EQUAL", "SMALLER", "SMALLER_EQUAL")
 
 _LUMA = np.array([0.299, 0.587, 0.114], np.float32)
+MAX_CORRELATION_LAG = 4
+"""Largest lag of pixel_correlation: sources down to a quarter of the model size (56 px at 224)."""
+
+
+def luma_of(frame: np.ndarray) -> np.ndarray:
+    """float32 luma of a uint8 (H, W, 3) frame, or the (H, W) grey frame as float32."""
+    rgb = np.asarray(frame)
+    return rgb.astype(np.float32) @ _LUMA if rgb.ndim == 3 else rgb.astype(np.float32)
 
 
 def frame_stats(frame: np.ndarray) -> tuple[float, float, float]:
     """(brightness, contrast, sharpness) of a uint8 (H, W, 3) frame, or (H, W) grey frame."""
-    rgb = np.asarray(frame)
-    luma = rgb.astype(np.float32) @ _LUMA if rgb.ndim == 3 else rgb.astype(np.float32)
+    return luma_stats(luma_of(frame))
+
+
+def luma_stats(luma: np.ndarray) -> tuple[float, float, float]:
+    """(brightness, contrast, sharpness) of a float32 luma frame."""
     brightness = float(luma.mean())
     contrast = float(luma.std())
     if luma.shape[0] < 3 or luma.shape[1] < 3:
@@ -64,27 +82,69 @@ def frame_stats(frame: np.ndarray) -> tuple[float, float, float]:
     return brightness, contrast, float(lap.var())
 
 
+def neighbour_correlations(luma: np.ndarray) -> tuple[float, ...]:
+    """Autocorrelation of luma at lags 1..MAX_CORRELATION_LAG pixels (the smaller of horizontal and
+    vertical, normalised by the frame's variance, clipped to [-1, 1]); all 1.0 for a flat frame, which is
+    not noise (the black/blurred filters judge it)."""
+    y = luma - np.float32(luma.mean())
+    height, width = y.shape
+    var = float(np.einsum("ij,ij->", y, y)) / y.size
+    lags = range(1, MAX_CORRELATION_LAG + 1)
+    if var < 1e-6:
+        return tuple(1.0 for _ in lags)
+    out = []
+    for lag in lags:
+        across = float(np.einsum("ij,ij->", y[:, :-lag], y[:, lag:])) / max(height * (width - lag), 1)
+        down = float(np.einsum("ij,ij->", y[:-lag], y[lag:])) / max((height - lag) * width, 1)
+        out.append(max(-1.0, min(1.0, min(across, down) / var)))
+    return tuple(out)
+
+
+def correlation_lag(size: int, width: int | None, height: int | None) -> int:
+    """The lag of pixel_correlation for a source of width x height shown at size x size: 1 unless the
+    source's short side is smaller (upscaled), then the upscale factor rounded up, at most
+    MAX_CORRELATION_LAG."""
+    if not width or not height or min(width, height) >= size:
+        return 1
+    return min(MAX_CORRELATION_LAG, max(1, math.ceil(size / min(width, height) - 1e-9)))
+
+
+def pixel_correlation(correlations: tuple[float, ...], size: int, width: int | None, height: int | None) -> float:
+    """The pixel_correlation of a frame from its neighbour_correlations and the source's resolution."""
+    return correlations[correlation_lag(size, width, height) - 1]
+
+
 @dataclass
 class FrameStatsRecorder:
-    """Wraps a frame iterable and records each frame's statistics as it passes (to the embedder)."""
+    """Wraps a frame iterable and records each frame's statistics as it passes (to the embedder). The
+    neighbour correlations wait for the source's resolution (a video's is known only after its decode):
+    pixel_correlation() picks the lag when the table is built."""
 
     brightness: list[float] = field(default_factory=list)
     contrast: list[float] = field(default_factory=list)
     sharpness: list[float] = field(default_factory=list)
+    correlations: list[tuple[float, ...]] = field(default_factory=list)
 
     def wrap(self, frames: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
         for frame in frames:
-            b, c, s = frame_stats(frame)
+            luma = luma_of(frame)
+            b, c, s = luma_stats(luma)
             self.brightness.append(b)
             self.contrast.append(c)
             self.sharpness.append(s)
+            self.correlations.append(neighbour_correlations(luma))
             yield frame
 
 
+FRAME_STAT_COLUMNS = ("brightness", "pixel_correlation")
+"""One column per generation of frame statistics: brightness (with contrast, sharpness), pixel_correlation."""
+
+
 def lacks_metadata(df: pl.DataFrame) -> bool:
-    """True for a non-empty embeddings table written before the built-in metadata existed (as read by the
-    store: every frame statistic null; the embedding pass computes one for every sample it embeds)."""
-    return df.height > 0 and ("brightness" not in df.columns or df["brightness"].null_count() == df.height)
+    """True for a non-empty embeddings table written before (some of) the built-in metadata existed (as
+    read by the store: a frame statistic null for every row; the embedding pass computes each for every
+    sample it embeds)."""
+    return df.height > 0 and any(c not in df.columns or df[c].null_count() == df.height for c in FRAME_STAT_COLUMNS)
 
 
 USER_PREFIX = "user:"

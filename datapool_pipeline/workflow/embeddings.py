@@ -9,8 +9,8 @@ once (Pillow, reduced towards the model's input size). That one decode records:
   part-way keeps the frames decoded before the failure (status ok, the reason in `error`);
 - the frame manifest and the embeddings, as rows of the shard's embeddings table for the model
   (`datapool/shards/<shard>/embeddings/<model>.parquet`): raw file, frame index, timestamp, the built-in
-  per-frame statistics of selection/metadata.py (brightness, contrast, sharpness: computed on the
-  model-size frame the model sees) and per file its duration, resolution and size.
+  per-frame statistics of selection/metadata.py (brightness, contrast, sharpness, pixel_correlation:
+  computed on the model-size frame the model sees) and per file its duration, resolution and size.
 
 Frame indices count the frames ffmpeg yields with the dataset's frame options, before any scaling
 (media/video.py), so they do not depend on the decode size or the model: re-embedding with another model
@@ -36,7 +36,7 @@ from datapool_pipeline.datasets import DatasetSpec
 from datapool_pipeline.embedding import EmbeddingModel
 from datapool_pipeline.media.image import ImageDecodeError, load_image, resize_center_crop
 from datapool_pipeline.media.video import FrameStream
-from datapool_pipeline.selection.metadata import METADATA_SCHEMA, FrameStatsRecorder
+from datapool_pipeline.selection.metadata import METADATA_SCHEMA, FrameStatsRecorder, pixel_correlation
 from datapool_pipeline.storage import Storage
 from datapool_pipeline.workflow.faults import fault_point
 from datapool_pipeline.workflow.progress import Log, Throttle, no_log
@@ -82,6 +82,7 @@ def cached_shard(store: DatapoolStore, shard: str, fingerprint: str) -> ShardEmb
 class _Rows:
     """The embeddings table being built, one entry per embedded frame (image)."""
 
+    image_size: int  # the model's input size (pixel_correlation's lag depends on the source's upscale)
     keys: list[str] = field(default_factory=list)
     versions: list[str] = field(default_factory=list)
     indices: list[int] = field(default_factory=list)
@@ -116,6 +117,10 @@ class _Rows:
                 "brightness": self.stats.brightness,
                 "contrast": self.stats.contrast,
                 "sharpness": self.stats.sharpness,
+                "pixel_correlation": [
+                    pixel_correlation(c, self.image_size, w, h)
+                    for c, w, h in zip(self.stats.correlations, self.widths, self.heights, strict=True)
+                ],
                 "duration_s": self.durations,
                 "width": self.widths,
                 "height": self.heights,
@@ -190,7 +195,7 @@ class _Embedder:
         self.log = log
         self.check = check  # first decode of the shard: check each file against the registry, record status
         self.total = total
-        self.rows = _Rows()
+        self.rows = _Rows(model.image_size)
         self.throttle = Throttle(log)
         self.done = 0
 

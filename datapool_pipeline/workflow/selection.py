@@ -46,7 +46,7 @@ class SelectionSummary:
     """SIMILARITY: the picks' cosine similarity to the queries (workflow/queries.py similarity_summary)."""
     filtered: dict[str, int] | None = None
     """Samples the dataset's degenerate-frame filter (datasets.yaml filters) dropped, by reason (black,
-    blurred), before THRESHOLD and selection; None when no filter is on."""
+    blurred, noise), before THRESHOLD and selection; None when no filter is on."""
     threshold_removed: int = 0
     """New samples that THRESHOLD strategies removed before the greedy selection (`candidates` excludes them)."""
     balance: list[dict[str, Any]] | None = None
@@ -300,21 +300,25 @@ def _similarity_scores(
 def _apply_dataset_filters(
     spec: DatasetSpec, new: pl.DataFrame, log: Log
 ) -> tuple[pl.DataFrame, dict[str, int] | None]:
-    """datasets.yaml `filters`: drop black / blurred new samples by their built-in metadata, counted by
-    reason (a sample both black and blurred counts as black). Samples without metadata are kept."""
+    """datasets.yaml `filters`: drop black / blurred / noise new samples by their built-in metadata,
+    counted by reason (the first that applies, in that order). Samples without the metadata are kept."""
     rules = spec.filters
     if not rules.enabled:
         return new, None
     drop = np.zeros(new.height, bool)
     counts: dict[str, int] = {}
     checks = [("black", rules.drop_black, "brightness", rules.black_max_brightness),
-              ("blurred", rules.drop_blurred, "sharpness", rules.blurred_max_sharpness)]
+              ("blurred", rules.drop_blurred, "sharpness", rules.blurred_max_sharpness),
+              ("noise", rules.drop_noise, "pixel_correlation", rules.noise_max_correlation)]
+    missing = np.zeros(new.height, bool)
     for reason, on, key, limit in checks:
         if on:
-            hit = metadata.passes(metadata.column_values(new, key), limit, "SMALLER_EQUAL") & ~drop
+            values = metadata.column_values(new, key)
+            hit = metadata.passes(values, limit, "SMALLER_EQUAL") & ~drop
             counts[reason] = int(hit.sum())
             drop |= hit
-    unknown = int(np.isnan(metadata.column_values(new, "brightness")).sum())
+            missing |= np.isnan(values)
+    unknown = int(missing.sum())
     log("degenerate-frame filter: dropped " + ", ".join(f"{n} {r}" for r, n in counts.items())
         + f" of {new.height} new samples" + (f" ({unknown} without metadata kept)" if unknown else ""))
     if drop.all():
