@@ -36,6 +36,7 @@ from datapool_pipeline.datapool.tables import EMBEDDING_METADATA_SCHEMA
 
 if TYPE_CHECKING:
     from datapool_pipeline.config import SelectionConfig
+    from datapool_pipeline.datasets import FilterSpec
 
 # Built-in key -> column of the shard embeddings table (timestamp is the existing timestamp_s column).
 BUILTIN_COLUMNS: dict[str, str] = {
@@ -190,6 +191,26 @@ def weight_scores(values: np.ndarray) -> np.ndarray:
     lo, hi = float(v[known].min()), float(v[known].max())
     out[known] = 1.0 if hi <= lo else (v[known] - lo) / (hi - lo)
     return out
+
+
+def degenerate_frames(df: pl.DataFrame, rules: FilterSpec) -> tuple[np.ndarray, dict[str, int], int]:
+    """datasets.yaml `filters` on the built-in metadata: which rows to drop, the count per enabled reason
+    (the first that applies, in the order black, blurred, noise) and how many rows lack a checked value
+    (those are kept)."""
+    checks = [("black", rules.drop_black, "brightness", rules.black_max_brightness),
+              ("blurred", rules.drop_blurred, "sharpness", rules.blurred_max_sharpness),
+              ("noise", rules.drop_noise, "pixel_correlation", rules.noise_max_correlation)]
+    drop = np.zeros(df.height, bool)
+    missing = np.zeros(df.height, bool)
+    counts: dict[str, int] = {}
+    for reason, on, key, limit in checks:
+        if on:
+            values = column_values(df, key)
+            hit = passes(values, limit, "SMALLER_EQUAL") & ~drop
+            counts[reason] = int(hit.sum())
+            drop |= hit
+            missing |= np.isnan(values)
+    return drop, counts, int(missing.sum())
 
 
 @dataclass

@@ -302,25 +302,11 @@ def _apply_dataset_filters(
 ) -> tuple[pl.DataFrame, dict[str, int] | None]:
     """datasets.yaml `filters`: drop black / blurred / noise new samples by their built-in metadata,
     counted by reason (the first that applies, in that order). Samples without the metadata are kept."""
-    rules = spec.filters
-    if not rules.enabled:
+    if not spec.filters.enabled:
         return new, None
-    drop = np.zeros(new.height, bool)
-    counts: dict[str, int] = {}
-    checks = [("black", rules.drop_black, "brightness", rules.black_max_brightness),
-              ("blurred", rules.drop_blurred, "sharpness", rules.blurred_max_sharpness),
-              ("noise", rules.drop_noise, "pixel_correlation", rules.noise_max_correlation)]
-    missing = np.zeros(new.height, bool)
-    for reason, on, key, limit in checks:
-        if on:
-            values = metadata.column_values(new, key)
-            hit = metadata.passes(values, limit, "SMALLER_EQUAL") & ~drop
-            counts[reason] = int(hit.sum())
-            drop |= hit
-            missing |= np.isnan(values)
-    unknown = int(missing.sum())
+    drop, counts, unknown = metadata.degenerate_frames(new, spec.filters)
     log("degenerate-frame filter: dropped " + ", ".join(f"{n} {r}" for r, n in counts.items())
-        + f" of {new.height} new samples" + (f" ({unknown} without metadata kept)" if unknown else ""))
+        + f" of {new.height} new samples" + (f" ({unknown} lack a checked value: kept)" if unknown else ""))
     if drop.all():
         raise RunAborted(
             f"nothing left to add: the degenerate-frame filter (datasets.yaml filters) dropped all {new.height} "
