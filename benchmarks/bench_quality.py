@@ -7,7 +7,10 @@ selections of the same size, and the speed of the combined greedy (lazy vs the r
 2. A labelled image set drawn with PIL (no download): 8 classes of shapes and colours at different sizes,
    positions and backgrounds, 3 of them rare, plus 2% injected outliers (noise, black and blurred frames),
    JPEG-encoded, decoded and embedded by the pipeline's path (media.image.decode_image + resize_center_crop
-   + embedding.model.load_model). The open_clip model has random weights (pretrained none: no weights can be
+   + embedding.model.load_model). Rows "rec. + ...": the recommended mix on the images the dataset's
+   degenerate-frame filter keeps (FILTERS: drop_black and drop_noise, then also drop_blurred; on the
+   built-in metadata of the same model-size frames), its picks measured against all images.
+   The open_clip model has random weights (pretrained none: no weights can be
    downloaded here), so its features carry little of the classes; the same images are also embedded by a
    deterministic feature (a 12 x 12 thumbnail + a colour histogram, unit length) in which the classes are
    separable, so that the selection's behaviour is what is measured.
@@ -51,6 +54,13 @@ CLUSTERS = [(30, 0.25), (20, 0.35), (15, 0.5), (10, 0.3), (8, 0.7), (6, 0.45), (
 STRENGTHS = (0.25, 0.5, 1.0, 2.0)
 RECOMMENDED = 0.5
 MIN_DISTANCE = 0.5
+# The recommended mix on the images the dataset's degenerate-frame filter keeps: black + noise at the default
+# thresholds; black + blurred + noise with blurred_max_sharpness for this set (its blurred frames score
+# 0.15-1.1 at 224 px, but so do its flattest scenes: big flat shapes upscaled from 96 px, 5th percentile 1.1,
+# median 13, so the default 20 would drop most of them).
+FILTERS = {"rec. + black/noise filter": {"drop_black": True, "drop_noise": True},
+           "rec. + black/blur/noise": {"drop_black": True, "drop_blurred": True, "blurred_max_sharpness": 1.2,
+                                       "drop_noise": True}}
 
 
 def unit(x: np.ndarray) -> np.ndarray:
@@ -118,7 +128,9 @@ def config(typicality: float | None, minimum: float | None = None) -> Any:
 
 
 def scenario(name: str, cand: np.ndarray, labels: np.ndarray, pool: np.ndarray, k: int, seeds: int,
-             n_classes: int, outlier_share: float) -> dict[str, Any]:
+             n_classes: int, outlier_share: float, keeps: dict[str, np.ndarray] | None = None) -> dict[str, Any]:
+    """keeps: per row label, the candidates a degenerate-frame filter keeps: a row for the recommended mix on
+    them (its picks measured against all candidates; the random rows stay unfiltered)."""
     rows: dict[str, Any] = {}
     randoms = [metrics(cand, labels, pool, np.random.default_rng(s).choice(len(cand), k, replace=False), n_classes)
                for s in range(seeds)]
@@ -140,6 +152,11 @@ def scenario(name: str, cand: np.ndarray, labels: np.ndarray, pool: np.ndarray, 
         worst = int(np.flatnonzero(labels >= 0)[np.argmax(covered[labels >= 0])])
         rows[label]["worst_inlier_weight"] = float(weight[worst])
         rows[label]["outliers_weighing_at_most_as_much"] = float((weight[labels < 0] <= weight[worst]).mean())
+    for label, keep in (keeps or {}).items():
+        kept = np.flatnonzero(keep)
+        out, seconds = timed(lambda kept=kept: strategies.select(cand[kept], k, config(RECOMMENDED), pool=pool))
+        picks = kept[np.array(out.result.picks, int)]
+        rows[label] = {**metrics(cand, labels, pool, picks, n_classes), "seconds": seconds}
     print(f"\n{name}: {len(cand)} candidates ({outlier_share:.0%} outliers), datapool {len(pool)}, k = {k}, "
           f"random: mean of {seeds} seeds")
     print(f"{'selection':<28}{'classes':>8}{'share gap':>10}{'mean r':>9}{'mean/rand':>10}{'max r':>8}"
@@ -228,6 +245,36 @@ def make_images(rng: np.random.Generator, n: int) -> tuple[list[bytes], np.ndarr
     return [jpeg(draw_image(rng, int(label))) for label in labels], labels
 
 
+def degenerate_filters(images: list[bytes], size: int, labels: np.ndarray
+                       ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """Per FILTERS row, which images the dataset's degenerate-frame filter keeps, from the built-in metadata
+    computed as the embedding pass does (the same model-size frames), and what it dropped by reason and label."""
+    import polars as pl
+
+    from datapool_pipeline.datasets import FilterSpec
+    from datapool_pipeline.media.image import load_image, resize_center_crop
+    from datapool_pipeline.selection import metadata
+
+    decoded = [load_image(b, min_side=size) for b in images]
+    stats = metadata.FrameStatsRecorder()
+    for _ in stats.wrap(resize_center_crop(d.image, size) for d in decoded):
+        pass
+    correlation = [metadata.pixel_correlation(c, size, d.width, d.height)
+                   for c, d in zip(stats.correlations, decoded, strict=True)]
+    df = pl.DataFrame({"brightness": stats.brightness, "sharpness": stats.sharpness, "pixel_correlation": correlation})
+    keeps, report = {}, {}
+    for label, settings in FILTERS.items():
+        rules = FilterSpec(**settings)
+        drop, counts, _ = metadata.degenerate_frames(df, rules)
+        keeps[label] = ~drop
+        report[label] = {"rules": rules.model_dump(), "dropped": counts, "outliers": int((labels < 0).sum()),
+                         "outliers_dropped": int((drop & (labels < 0)).sum()),
+                         "inliers_dropped": int((drop & (labels >= 0)).sum())}
+        print(f"images, {label}: drops {counts}: {report[label]['outliers_dropped']} of {report[label]['outliers']} "
+              f"outliers, {report[label]['inliers_dropped']} inliers")
+    return keeps, report
+
+
 def embed_model(images: list[bytes], model: Any) -> np.ndarray:
     """The pipeline's image path: decode_image (min_side = the model's input), resize_center_crop, embed."""
     from datapool_pipeline.media.image import decode_image, resize_center_crop
@@ -264,18 +311,19 @@ def image_set(n: int, k: int, seeds: int) -> dict[str, Any]:
     model = load_model(EmbeddingSpec(model=IMAGE_MODEL, pretrained=None, seed=0))
     (emb, pool_emb), embed_s = timed(lambda: (embed_model(images, model), embed_model(pool_images, model)))
     feats_all = embed_features(images + pool_images)
+    keeps, dropped = degenerate_filters(images, model.image_size, labels)
     spaces = {f"open_clip {IMAGE_MODEL} random weights": (emb, pool_emb),
               "deterministic features": (feats_all[:n], feats_all[n:])}
     out: dict[str, Any] = {"images": n, "k": k, "classes": [f"{s} {c}" for s, c, _ in IMAGE_CLASSES],
                            "class_shares": [w / sum(c[2] for c in IMAGE_CLASSES) for *_, w in IMAGE_CLASSES],
-                           "embed_seconds": embed_s}
+                           "embed_seconds": embed_s, "filter": dropped}
     for space, (cand, pool) in spaces.items():
         # Datapool: images of the same classes, no outliers (a curated earlier selection).
         out[space] = {
             "empty_datapool": scenario(f"images, {space}, empty datapool", cand, labels, pool[:0], k, seeds,
-                                       len(IMAGE_CLASSES), OUTLIER_SHARE),
+                                       len(IMAGE_CLASSES), OUTLIER_SHARE, keeps),
             "with_datapool": scenario(f"images, {space}, with a datapool", cand, labels, pool, k, seeds,
-                                      len(IMAGE_CLASSES), OUTLIER_SHARE),
+                                      len(IMAGE_CLASSES), OUTLIER_SHARE, keeps),
         }
     out["stopping"] = image_stopping(images, model, spaces)
     return out
@@ -423,7 +471,8 @@ def main() -> None:
     for space in (f"open_clip {IMAGE_MODEL} random weights", "deterministic features"):
         for name in ("empty_datapool", "with_datapool"):
             rows = images[space][name]
-            verdict[f"images {space} {name}"] = {sel: targets(rows, sel, OUTLIER_SHARE) for sel in ("DIVERSITY", label)}
+            verdict[f"images {space} {name}"] = {sel: targets(rows, sel, OUTLIER_SHARE)
+                                                  for sel in ("DIVERSITY", label, *FILTERS)}
     print(f"\ntargets (recommended: {label}):")
     for name, v in verdict.items():
         for sel, t in v.items():

@@ -8,7 +8,8 @@ it computes, at a small cost next to the model:
 - contrast: standard deviation of luma,
 - sharpness: variance of the 4-neighbour Laplacian of luma (low: blurred or flat frames),
 - pixel_correlation: autocorrelation of luma between neighbouring pixels, the smaller of horizontal and
-  vertical (natural and rendered scenes: above 0.5, mostly above 0.8; noise/static: about 0). Neighbours
+  vertical (natural and rendered scenes: above 0.5, mostly above 0.8; noise/static: about 0; flat frames,
+  contrast below FLAT_CONTRAST: 1). Neighbours
   are one pixel apart at the source's resolution: a source smaller than the model size is upscaled, and
   interpolation correlates adjacent pixels even of pure noise, so there the lag is the upscale factor
   rounded up (at most MAX_CORRELATION_LAG); see pixel_correlation(),
@@ -83,15 +84,20 @@ def luma_stats(luma: np.ndarray) -> tuple[float, float, float]:
     return brightness, contrast, float(lap.var())
 
 
+FLAT_CONTRAST = 4.0
+"""Below this contrast (luma standard deviation, grey levels) a frame is flat: what varies between its
+pixels is compression or sensor noise, not content, so pixel_correlation calls it 1.0 (not static)."""
+
+
 def neighbour_correlations(luma: np.ndarray) -> tuple[float, ...]:
     """Autocorrelation of luma at lags 1..MAX_CORRELATION_LAG pixels (the smaller of horizontal and
-    vertical, normalised by the frame's variance, clipped to [-1, 1]); all 1.0 for a flat frame, which is
-    not noise (the black/blurred filters judge it)."""
+    vertical, normalised by the frame's variance, clipped to [-1, 1]); all 1.0 for a flat frame (contrast
+    below FLAT_CONTRAST), which is not noise (the black/blurred filters judge it)."""
     y = luma - np.float32(luma.mean())
     height, width = y.shape
     var = float(np.einsum("ij,ij->", y, y)) / y.size
     lags = range(1, MAX_CORRELATION_LAG + 1)
-    if var < 1e-6:
+    if var < FLAT_CONTRAST**2:
         return tuple(1.0 for _ in lags)
     out = []
     for lag in lags:
