@@ -26,7 +26,7 @@ those of random weights; the runtimes check cosine on the real weights at load t
 
     nice python benchmarks/bench_embedding.py --quick         # ~5 min on 2 cores: 96 frames, no torch.compile
     nice python benchmarks/bench_embedding.py                 # 320 frames, torch.compile, ViT-S-32 too
-    nice python benchmarks/bench_embedding.py --avx2 --quick  # the AVX2 emulation (4., 5.) alone, ~10 min
+    nice python benchmarks/bench_embedding.py --avx2 --quick  # the AVX2 emulation (4., 5.) alone, ~12 min
 """
 
 from __future__ import annotations
