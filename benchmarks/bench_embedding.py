@@ -519,6 +519,7 @@ def child_avx2(quick: bool) -> None:
     section = model_section("ViT-B-32", quick, with_optional=False, rounds=3 if quick else 5, bf16=False,
                             flags=flags)
     section["auto_candidates"] = runtimes.auto_candidates(flags)
+    section["cpu_flags_emulated"] = sorted(f for f in flags if f.startswith(("avx", "fma", "f16c")))
     section["theoretical"] = theoretical_peaks(flags)
     section["env"] = AVX2_ENV
     section["cpu_capability"] = torch.backends.cpu.get_cpu_capability()
@@ -548,7 +549,9 @@ def main() -> None:
         print("the same GEMMs with this CPU's own instructions (1 thread, CPU time)", flush=True)
         native = native_shape_peaks(2 if args.quick else 3)
         print(f"  {native['model_gops']}", flush=True)
-        write_result("embedding-avx2", args.quick, {"batch_size": BATCH, "avx2_emulation": emulated,
+        cpu_flags = sorted(f for f in runtimes.cpu_flags() if f.startswith(("avx", "amx", "fma", "f16c")))
+        write_result("embedding-avx2", args.quick, {"batch_size": BATCH, "cpu_flags": cpu_flags,
+                                                     "avx2_emulation": emulated,
                                                      "native_model_shape_gemms_per_core": native})
         if "end_to_end" in emulated:
             e2e = emulated["end_to_end"]
