@@ -30,6 +30,7 @@ import numpy as np
 RHO = 2.0**-7
 _RHO1 = RHO / (1.0 - RHO)
 _U32 = 2.0**-23
+_WIDTH_STEP = 256  # LowRows.above: product widths rounded up to a multiple of this
 
 
 def _gamma(n: int) -> float:
@@ -78,7 +79,7 @@ class LowRows:
                  chunk: int = 4096) -> None:
         torch = _torch()
         self.dim = dim
-        self.low = torch.empty((n, dim + 1), dtype=torch.bfloat16)
+        self.low = torch.zeros((n, dim + 1), dtype=torch.bfloat16)  # zeros: padded products read unset rows
         self.low[:, dim] = 1.0
         self.err_max, self.norm_max = 1e-30, 0.0
         self._sq_lo, self._sq_hi = np.inf, -np.inf
@@ -132,7 +133,12 @@ class LowRows:
         need = torch.from_numpy(_upper_inv(threshold - slack - k - shift)).to(torch.bfloat16)
         kept_b, kept_j = [], []
         for start in range(lo, hi, chunk):
-            v = xq @ self.low[start : min(hi, start + chunk)].T
+            width = min(hi, start + chunk) - start
+            # the product's width rounded up (rows past `hi` are computed and dropped): oneDNN keeps compiled
+            # code for every bf16 product shape it sees (~1 MB each, never freed), and the pending picks take
+            # thousands of widths (N = M = 1e6, k = 1e4: +0.8 GB resident over the picks)
+            padded = min(len(self) - start, -(-width // _WIDTH_STEP) * _WIDTH_STEP)
+            v = (xq @ self.low[start : start + padded].T)[:, :width]
             rows = (v.max(dim=1).values >= need).nonzero(as_tuple=True)[0]
             if len(rows):
                 b, j = (v[rows] >= need[rows, None]).nonzero(as_tuple=True)
