@@ -214,10 +214,9 @@ def _per_file_section(
         story.append(Paragraph(f"… and {len(files) - TABLE_ROWS_MAX} more files (all are in report.json).",
                                s.caption))
     if videos:
-        story += [Spacer(1, 10), Paragraph("Timeline of picked frames", s.h2),
-                  _figure_or_note(pngs, "timeline", WIDTH, note),
-                  Paragraph("One bar per video (its length); a blue tick at every frame this run selected.",
-                            s.caption)]  # fmt: skip
+        story += [Spacer(1, 10), KeepTogether([  # the heading never ends a page without its figure
+            Paragraph("Timeline of picked frames", s.h2), _figure_or_note(pngs, "timeline", WIDTH, note),
+            Paragraph("One bar per video (its length); a blue tick at every frame this run selected.", s.caption)])]
     return story
 
 
