@@ -20,6 +20,8 @@ from typing import Any
 
 import numpy as np
 
+from datapool_pipeline.selection.screen import U32, Int8Rows, LowRows, gamma, rounding
+
 # Exact seeding while candidates x pool stays below this many dot products; hnswlib above.
 EXACT_SEEDING_MAX_PAIRS = 2_000_000_000
 _BLOCK_BYTES = 64 * 1024 * 1024
@@ -66,7 +68,6 @@ _REFINE_MIN_POOL_PER_EF = 2000
 _REFINE_BATCH = 1024
 _X_CACHE_BYTES = 16 * 1024 * 1024
 _TRIM_EVERY = 128  # picks (and verification passes) between two _return_free_memory()
-_U32 = 2.0**-23
 
 
 @dataclass
@@ -86,9 +87,6 @@ def _as_unit_float32(x: np.ndarray) -> np.ndarray:
 Rows = Callable[[np.ndarray], np.ndarray]
 
 
-def _gamma(n: int) -> float:
-    return n * _U32 / (1.0 - n * _U32)
-
 
 def squared_norm_range(x: np.ndarray, chunk: int = _ROWS_CHUNK) -> tuple[float, float]:
     """Bounds lo <= |row|^2 <= hi over the rows of x (float32 sums, widened by their error bound)."""
@@ -98,7 +96,7 @@ def squared_norm_range(x: np.ndarray, chunk: int = _ROWS_CHUNK) -> tuple[float, 
     for start in range(0, len(x), chunk):
         sq = np.einsum("ij,ij->i", x[start : start + chunk], x[start : start + chunk])
         lo, hi = min(lo, float(sq.min())), max(hi, float(sq.max()))
-    err = _gamma(x.shape[1]) * hi + 2 * _U32 * hi
+    err = gamma(x.shape[1]) * hi + 2 * U32 * hi
     return max(0.0, lo - err), hi + err
 
 
@@ -107,7 +105,7 @@ def float32_sq_error(dim: int, lo: float, hi: float) -> float:
 
     |a|^2 + |b|^2 - 2 is within max(2 hi - 2, 2 - 2 lo); a float32 dot product of `dim` terms, in any
     order, with or without FMA, is within gamma_dim |a| |b| <= gamma_dim hi of the exact one."""
-    return 2.0 * _gamma(dim) * hi + max(2.0 * hi - 2.0, 2.0 - 2.0 * lo, 0.0) + 1e-12
+    return 2.0 * gamma(dim) * hi + max(2.0 * hi - 2.0, 2.0 - 2.0 * lo, 0.0) + 1e-12
 
 
 def _f32_floor(v: np.ndarray) -> np.ndarray:
@@ -298,8 +296,6 @@ class _PoolVerifier:
         size = len(pool) if pool is not None else int(index.get_current_count())
         self.low: Any = None
         if SCREEN or pool is None:
-            from datapool_pipeline.selection.screen import Int8Rows
-
             self.low = Int8Rows(size, dim, lambda a, b: self.rows(np.arange(a, b)))
             lo, hi = self.low.sq_norm_range
         else:
@@ -530,7 +526,6 @@ class _LazyDistances:
 
     def _lower_screened(self, x: np.ndarray, members: np.ndarray, d2: np.ndarray, done: int, total: int) -> None:
         """_lower with a bf16 product (selection.screen) as the filter: pairs that can be within d2."""
-        from datapool_pipeline.selection.screen import LowRows, rounding
 
         if self.pick_low is None:
             self.pick_low = LowRows(max(self.k, 1), self.dim)

@@ -29,17 +29,18 @@ import numpy as np
 
 RHO = 2.0**-7
 _RHO1 = RHO / (1.0 - RHO)
-_U32 = 2.0**-23
+U32 = 2.0**-23  # float32 unit roundoff
 _WIDTH_STEP = 256  # LowRows.above: product widths rounded up to a multiple of this
 
 
-def _gamma(n: int) -> float:
-    return n * _U32 / (1.0 - n * _U32)
+def gamma(n: int) -> float:
+    """Higham's gamma_n for float32: bounds the relative error of an n-term float32 sum in any order."""
+    return n * U32 / (1.0 - n * U32)
 
 
 def fp32_slack(dim: int) -> float:
     """Largest error of a float32 dot product of two unit vectors of `dim` terms (any order)."""
-    return 2.0 * _gamma(dim)
+    return 2.0 * gamma(dim)
 
 
 def _torch() -> Any:
@@ -82,7 +83,6 @@ class LowRows:
         self.low = torch.zeros((n, dim + 1), dtype=torch.bfloat16)  # zeros: padded products read unset rows
         self.low[:, dim] = 1.0
         self.err_max, self.norm_max = 1e-30, 0.0
-        self._sq_lo, self._sq_hi = np.inf, -np.inf
         if fill is not None:
             for start in range(0, n, chunk):
                 self.set_rows(start, fill(start, min(n, start + chunk)))
@@ -93,16 +93,6 @@ class LowRows:
         self.low[start : start + len(low), : self.dim] = low
         self.err_max = max(self.err_max, float(err.max()))
         self.norm_max = max(self.norm_max, float(norm.max()) + float(err.max()))  # bounds |bf16(row)|
-        sq = np.einsum("ij,ij->i", rows, rows)  # |row|^2 within a float32 sum's error (sq_norm_range)
-        self._sq_lo, self._sq_hi = min(self._sq_lo, float(sq.min())), max(self._sq_hi, float(sq.max()))
-
-    @property
-    def sq_norm_range(self) -> tuple[float, float]:
-        """Bounds lo <= |row|^2 <= hi over the rows set so far (of the float32 rows, not their bf16)."""
-        if self._sq_lo > self._sq_hi:
-            return 1.0, 1.0
-        err = (self.dim + 2) * _U32 / (1.0 - (self.dim + 2) * _U32) * self._sq_hi
-        return max(0.0, self._sq_lo - err), self._sq_hi + err
 
     def __len__(self) -> int:
         return int(self.low.shape[0])
@@ -119,7 +109,7 @@ class LowRows:
         sl = torch.from_numpy(np.ascontiguousarray(shift, np.float32)).to(torch.bfloat16)
         s64 = sl.double().numpy()
         k = (x_err * self.norm_max + x_norm * self.err_max
-             + _gamma(self.dim + 1) * np.sqrt((x_norm + x_err) ** 2 + s64**2) * np.sqrt(self.norm_max**2 + 1.0))
+             + gamma(self.dim + 1) * np.sqrt((x_norm + x_err) ** 2 + s64**2) * np.sqrt(self.norm_max**2 + 1.0))
         return torch.cat([xl, -sl[:, None]], dim=1), s64, k * (1 + 1e-9) + 1e-30
 
     def above(self, x: np.ndarray, threshold: np.ndarray, slack: float, lo: int, hi: int,
