@@ -19,6 +19,7 @@ memory speed, and drops its pages after each read so they do not stay resident.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import mmap
@@ -113,18 +114,13 @@ class IndexVectors:
         return out
 
 
+@functools.cache
 def hnsw_index_class() -> type:
     """hnswlib.Index with a `vectors` attribute (IndexVectors, or None): a plain hnswlib.Index takes no
-    attributes."""
+    attributes. One class per process (hnswlib is imported on first use)."""
     import hnswlib
 
-    global _INDEX_CLASS
-    if _INDEX_CLASS is None:
-        _INDEX_CLASS = type("StoredHnswIndex", (hnswlib.Index,), {"vectors": None})
-    return _INDEX_CLASS
-
-
-_INDEX_CLASS: type | None = None
+    return type("StoredHnswIndex", (hnswlib.Index,), {"vectors": None})
 
 
 def open_index_file(path: str, dim: int, max_elements: int = 0) -> Any:
