@@ -13,6 +13,7 @@ distances differed by 8e-8 at N = 1e5), and exact ties go to the lowest index.
 
 from __future__ import annotations
 
+import functools
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -146,21 +147,21 @@ def _return_free_memory() -> None:
     """glibc's malloc_trim: heap memory freed by the loop's many mid-size temporaries (a few MB, torch and
     numpy, on several threads) otherwise stays with the process. At N = M = 1e6, k = 1e4 the resident size
     grew by 1.2 GB over the 10,000 picks without it (no leak: the same memory comes back with a trim)."""
-    global _LIBC
-    if _LIBC is None:
-        import ctypes
-        import ctypes.util
-
-        try:
-            _LIBC = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-            _LIBC.malloc_trim  # noqa: B018 - glibc only
-        except (OSError, AttributeError):
-            _LIBC = False
-    if _LIBC:
-        _LIBC.malloc_trim(0)
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
 
 
-_LIBC: Any = None
+@functools.cache
+def _malloc_trim() -> Any:
+    """glibc's malloc_trim, or None on another C library."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+    except (OSError, AttributeError):
+        return None
 
 
 def _row_min(n: int, b: np.ndarray, values: np.ndarray) -> np.ndarray:
@@ -526,7 +527,6 @@ class _LazyDistances:
 
     def _lower_screened(self, x: np.ndarray, members: np.ndarray, d2: np.ndarray, done: int, total: int) -> None:
         """_lower with a bf16 product (selection.screen) as the filter: pairs that can be within d2."""
-
         if self.pick_low is None:
             self.pick_low = LowRows(max(self.k, 1), self.dim)
             self.x_err, self.x_norm = np.full(len(self.x), np.nan), np.full(len(self.x), np.nan)
