@@ -143,6 +143,16 @@ class Strategy(StrictModel):
         description="DIVERSITY only: stop selecting once the farthest remaining candidate is closer than this "
         "(Euclidean distance of unit embeddings, 0..2) to the datapool and the picks so far.",
     )
+    datapool_margin: float | None = Field(
+        default=None,
+        ge=0,
+        le=2,
+        description="DIVERSITY only: a new sample must also be at least stopping_condition_minimum_distance + "
+        "this far from every datapool sample to be picked (from this run's own picks, the minimum distance is "
+        "enough). Unset (0) is the vendor's rule. Set it to about the largest distance a re-encoded or "
+        "re-recorded copy of a frame moves in your model's space, so that runs on footage that copies "
+        "what the datapool already covers add nothing, run after run.",
+    )
     strength: float = Field(
         default=1.0,
         gt=0,
@@ -209,6 +219,8 @@ class Strategy(StrictModel):
             raise ValueError(
                 f"stopping_condition_minimum_distance: only DIVERSITY takes it, not {self.type}"
             )
+        if self.type != "DIVERSITY" and self.datapool_margin is not None:
+            raise ValueError(f"datapool_margin: only DIVERSITY takes it, not {self.type}")
         return self
 
 

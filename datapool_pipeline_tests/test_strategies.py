@@ -22,8 +22,9 @@ def unit(x: np.ndarray) -> np.ndarray:
     return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
 
 
-def selection(minimum: float | None = None, typicality: float | None = None) -> SelectionConfig:
-    div: dict[str, Any] = {"type": "DIVERSITY"}
+def selection(minimum: float | None = None, typicality: float | None = None, margin: float | None = None
+              ) -> SelectionConfig:
+    div: dict[str, Any] = {"type": "DIVERSITY", "datapool_margin": margin}
     if minimum is not None:
         div["stopping_condition_minimum_distance"] = minimum
     entries: list[dict[str, Any]] = [{"input": {"type": "EMBEDDINGS"}, "strategy": div}]
@@ -84,6 +85,44 @@ def test_minimum_distance_leaves_nothing_when_the_new_data_copies_the_pool() -> 
         assert 0 < out.first_distance < 0.05
 
 
+def test_datapool_margin_keeps_picks_away_from_the_pool_not_from_each_other() -> None:
+    x, _ = clustered()
+    pool, cand = x[:50], x[50:]
+    pool_d = np.sqrt(np.maximum(2 - 2 * (cand @ pool.T).max(axis=1), 0))
+    minimum, margin = 0.2, float(np.quantile(pool_d, 0.5)) - 0.2  # half the candidates are too near the pool
+    for typicality in (None, 1.0):
+        out = strategies.select(cand, 500, selection(minimum, typicality, margin), pool=pool)
+        picks = np.array(out.result.picks)
+        assert out.stop_reason == strategies.MINIMUM_DISTANCE and len(picks) > 0
+        assert pool_d[picks].min() >= minimum + margin
+        # Among the picks the minimum distance is enough: some pairs are closer than minimum + margin.
+        between = np.sqrt(np.maximum(2 - 2 * cand[picks] @ cand[picks].T, 0)) + 4 * np.eye(len(picks))
+        assert between.min() >= minimum - 1e-6 and between.min() < minimum + margin
+        # Every candidate left is within minimum + margin of the pool or within minimum of a pick.
+        to_picks = np.sqrt(np.maximum(2 - 2 * (cand @ cand[picks].T).max(axis=1), 0))
+        assert ((pool_d < minimum + margin) | (to_picks < minimum + 1e-6)).all()
+    # A margin alone (no minimum distance) keeps near-copies of the pool out and picks as many as asked.
+    near = strategies.select(cand, 20, selection(margin=0.3), pool=pool)
+    assert len(near.result.picks) == 20 and pool_d[near.result.picks].min() >= 0.3
+
+
+def test_datapool_margin_a_second_run_on_moved_copies_adds_nothing() -> None:
+    """Run 1 leaves samples just under the minimum distance; copies that move outward cross it, so a second
+    run adds samples with the minimum alone, and nothing once the margin exceeds how far the copies moved."""
+    x, _ = clustered(seed=2, n=800, outliers=0)
+    minimum = 0.3
+    first = strategies.select(x, len(x), selection(minimum=minimum))
+    pool = x[first.result.picks]
+    rng = np.random.default_rng(5)
+    copies = unit(x + rng.normal(scale=0.01, size=x.shape))
+    moved = np.sqrt(np.maximum(2 - 2 * (copies * x).sum(axis=1), 0))
+    without = strategies.select(copies, len(x), selection(minimum=minimum), pool=pool)
+    assert len(without.result.picks) > 0  # the copies of samples just under the minimum cross it
+    for typicality in (None, 0.5):
+        again = strategies.select(copies, len(x), selection(minimum, typicality, float(moved.max())), pool=pool)
+        assert again.result.picks == [] and again.stop_reason == strategies.MINIMUM_DISTANCE
+
+
 def test_typicality_with_diversity_avoids_the_outliers_that_diversity_alone_chases() -> None:
     x, labels = clustered()
     pool = x[labels >= 0][:40]
@@ -136,7 +175,7 @@ def _balance_term(codes: np.ndarray) -> strategies.BalanceTerm:
 
 @pytest.mark.parametrize("typicality", [True, False])
 @pytest.mark.parametrize("with_pool", [True, False])
-@pytest.mark.parametrize("extra", ["none", "minimum", "bonus", "balance", "preselected"])
+@pytest.mark.parametrize("extra", ["none", "minimum", "bonus", "balance", "preselected", "margin"])
 def test_lazy_greedy_picks_exactly_what_the_reference_greedy_picks(
     typicality: bool, with_pool: bool, extra: str
 ) -> None:
@@ -149,6 +188,7 @@ def test_lazy_greedy_picks_exactly_what_the_reference_greedy_picks(
         "bonus": {"bonus": 0.7 * rng.random(len(cand))},
         "balance": {"balance": [_balance_term(rng.integers(-1, 2, size=len(cand)))]},
         "preselected": {"preselected": [7, 3]},
+        "margin": {"minimum_distance": 0.25, "datapool_margin": 0.1},
         "none": {},
     }[extra]
     hood = strategies.typicality_neighbours(cand) if typicality else None
@@ -228,6 +268,10 @@ def test_typicality_scores_exact_and_hnswlib_agree(monkeypatch: pytest.MonkeyPat
         ([{"strategy": {"type": "DIVERSITY"}},
           {"strategy": {"type": "TYPICALITY", "stopping_condition_minimum_distance": 0.2}}],
          "selection_config.strategies[1].strategy.stopping_condition_minimum_distance: only DIVERSITY"),
+        ([{"strategy": {"type": "DIVERSITY"}}, {"strategy": {"type": "TYPICALITY", "datapool_margin": 0.1}}],
+         "selection_config.strategies[1].strategy.datapool_margin: only DIVERSITY"),
+        ([{"strategy": {"type": "DIVERSITY", "datapool_margin": -0.1}}],
+         "selection_config.strategies[0].strategy.datapool_margin: must be >= 0"),
         ([{"input": {"type": "METADATA", "key": "brightness"}, "strategy": {"type": "DIVERSITY"}}],
          "selection_config.strategies[0].input.type: METADATA is an input of WEIGHTS, THRESHOLD and BALANCE, not "
          "of DIVERSITY"),
@@ -269,6 +313,13 @@ def test_real_runs_with_minimum_distance_and_typicality(tmp_path: Path) -> None:
         select_new(spec, second_config, "run-2", 1)
     assert "\n" not in str(info.value)
     assert store.load_state().size == 1 and len(store.load_commits()) == 1 and store.staging_ids() == []
+
+    # The datapool margin alone: no new image is 2.0 from the datapool either, and the abort says so.
+    second_config["selection_config"]["strategies"] = [{"strategy": {"type": "DIVERSITY", "datapool_margin": 2.0}}]
+    with pytest.raises(RunAborted, match="nothing left to add: no new sample is at least stopping_condition_minimum_"
+                                         "distance 0 [+] datapool_margin 2 from the datapool"):
+        select_new(spec, second_config, "run-2", 1)
+    assert store.load_state().size == 1 and store.staging_ids() == []
 
     # Without the minimum distance the same run selects what it was asked for, TYPICALITY included.
     second_config["selection_config"]["strategies"] = [

@@ -34,7 +34,11 @@ the selection goes on, and datapool-aware: d counts the datapool).
 to the datapool and the picks): only candidates at least m away can be picked, and the selection stops when
 none is left. Every pick is then at least m from the datapool and the earlier picks, and when the run
 stops for this reason every new sample is closer than m to the datapool or a pick. For DIVERSITY alone
-this is exactly the k-center cut.
+this is exactly the k-center cut. `datapool_margin` t (ours, default 0) asks more of the distance to the
+datapool than to this run's picks: a candidate closer than m + t to a datapool sample is never picked. A
+threshold alone cannot stop a later run on re-encoded copies of a run's data from adding samples: run 1
+leaves samples just under m, and a copy that moves outward crosses it; with the margin, a copy must move
+by more than t to count (benchmarks/bench_quality.py, docs/performance.md).
 
 Two implementations give the same picks: `weighted_greedy` (every candidate rescored after every pick,
 O(N d) per pick) and `lazy_weighted_greedy` (candidates in blocks with upper bounds of their score: only
@@ -248,7 +252,8 @@ def select(
         raise ValueError("WEIGHTS is configured: pass metadata_bonus (selection.metadata.weights_bonus)")
     if len(balance) != len(selection.metadata_entries("BALANCE")):
         raise ValueError("BALANCE is configured: pass one BalanceTerm per entry (workflow/user_metadata.py)")
-    if typicality is None and similar is None and metadata_bonus is None and not balance:
+    plain = typicality is None and similar is None and metadata_bonus is None and not balance
+    if plain and not diversity.datapool_margin:  # the margin is applied by the combined greedies
         return _diversity_only(candidates, k, diversity, pool=pool, pool_index=pool_index,
                                exact_max_pairs=exact_max_pairs, seed=seed, preselected=preselected)
     x = np.ascontiguousarray(candidates, np.float32)
@@ -264,8 +269,8 @@ def select(
         x, k, pool_sq, neighbourhood,
         diversity_strength=diversity.strength,
         typicality_strength=typicality.strength if typicality is not None else 0.0,
-        minimum_distance=diversity.stopping_condition_minimum_distance, preselected=preselected,
-        bonus=_add_bonus(
+        minimum_distance=diversity.stopping_condition_minimum_distance,
+        datapool_margin=diversity.datapool_margin or 0.0, preselected=preselected, bonus=_add_bonus(
             similar.strength * np.asarray(similarity, np.float64) if similar is not None else None, metadata_bonus
         ),
         balance=balance,
@@ -385,6 +390,13 @@ class _Picks:
         return StrategyResult(KCenterResult(self.picks, distances, pool_d), reason, 0.0 if np.isnan(first) else first)
 
 
+def _near_pool(pool_d: np.ndarray, minimum_distance: float | None, datapool_margin: float) -> np.ndarray | None:
+    """Candidates that `datapool_margin` keeps from being picked (None without a margin)."""
+    if not datapool_margin:
+        return None
+    return pool_d < (minimum_distance or 0.0) + datapool_margin
+
+
 def _capped(d2: np.ndarray) -> np.ndarray:
     return np.minimum(np.sqrt(np.maximum(d2, 0.0)), _FAR)
 
@@ -398,6 +410,7 @@ def weighted_greedy(
     diversity_strength: float = 1.0,
     typicality_strength: float = 1.0,
     minimum_distance: float | None = None,
+    datapool_margin: float = 0.0,
     preselected: Sequence[int] = (),
     bonus: np.ndarray | None = None,
     balance: Sequence[BalanceTerm] = (),
@@ -406,7 +419,8 @@ def weighted_greedy(
     candidate's distance and score are updated after every pick (O(N d) per pick). Ties go to the lowest
     index. `neighbourhood` (typicality_neighbours) is given when TYPICALITY is configured. `bonus` (per
     candidate, e.g. strength_similarity * similarity) is added to every step's score; each BALANCE term's
-    bonus is recomputed every step from the categories picked so far."""
+    bonus is recomputed every step from the categories picked so far. With `datapool_margin` t, candidates
+    closer than (minimum_distance or 0) + t to the datapool are never picked."""
     x = np.ascontiguousarray(candidates, np.float32)
     n = len(x)
     k = min(k, n)
@@ -416,6 +430,7 @@ def weighted_greedy(
     rows = np.arange(n)
     picked = np.zeros(n, bool)
     picks = _Picks(balance)
+    near_pool = _near_pool(pool_d, minimum_distance, datapool_margin)
 
     def take(i: int) -> None:
         picks.add(i, float(d2[i]))
@@ -432,6 +447,8 @@ def weighted_greedy(
     while len(picks) < k:
         open_ = ~picked & (d2 > 0.0)  # a copy of the pool or of a pick adds nothing
         eligible = open_ if minimum_distance is None else open_ & (np.sqrt(d2) >= minimum_distance)
+        if near_pool is not None:
+            eligible = eligible & ~near_pool
         if not eligible.any():
             reason = MINIMUM_DISTANCE if open_.any() else COPIES
             if np.isnan(first):
@@ -459,6 +476,7 @@ def lazy_weighted_greedy(
     diversity_strength: float = 1.0,
     typicality_strength: float = 1.0,
     minimum_distance: float | None = None,
+    datapool_margin: float = 0.0,
     preselected: Sequence[int] = (),
     bonus: np.ndarray | None = None,
     balance: Sequence[BalanceTerm] = (),
@@ -491,6 +509,9 @@ def lazy_weighted_greedy(
     closed = c2 <= 0.0  # picked, a copy, or closer than the minimum distance: never pickable (all monotone)
     if minimum_distance is not None:
         closed |= pool_d < minimum_distance
+    near_pool = _near_pool(pool_d, minimum_distance, datapool_margin)
+    if near_pool is not None:
+        closed |= near_pool
     everything = np.arange(n)
     u_st = np.where(closed, -np.inf, objective.u(cap, everything))  # exact at step 0, upper bounds later
     g_st = np.where(closed, -np.inf, objective.g(cap, everything))
@@ -610,7 +631,8 @@ def lazy_weighted_greedy(
         if best_u == -np.inf:  # nothing pickable: say why (one pass over every row, once)
             refresh(everything)
             open_ = ~picked & (c2 > 0.0)
-            reason = MINIMUM_DISTANCE if open_.any() and minimum_distance is not None else COPIES
+            limited = minimum_distance is not None or near_pool is not None
+            reason = MINIMUM_DISTANCE if open_.any() and limited else COPIES
             if np.isnan(first):
                 first = float(np.sqrt(c2[open_].max())) if open_.any() else 0.0
             break

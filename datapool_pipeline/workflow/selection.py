@@ -201,19 +201,24 @@ def select_for_run(
     result = outcome.result
     diversity = selection.strategy("DIVERSITY")
     minimum = diversity.stopping_condition_minimum_distance if diversity is not None else None
+    margin = (diversity.datapool_margin if diversity is not None else None) or 0.0
     if len(result.picks) < k:
         if not result.picks:
             if outcome.stop_reason == strategies.MINIMUM_DISTANCE:
+                rule = f"stopping_condition_minimum_distance {minimum or 0:g}"
+                if margin:
+                    rule += f" + datapool_margin {margin:g}"
                 raise RunAborted(
-                    f"nothing left to add: no new sample is at least stopping_condition_minimum_distance "
-                    f"{minimum:g} from the datapool (the best of the {new.height} is at {outcome.first_distance:.4f})"
+                    f"nothing left to add: no new sample is at least {rule} from the datapool "
+                    f"(the best of the {new.height} is at {outcome.first_distance:.4f})"
                 )
             raise RunAborted(
                 f"nothing left to add: the {new.height} new sample(s) are exact copies of datapool samples"
             )
         if outcome.stop_reason == strategies.MINIMUM_DISTANCE:
+            near = f" (+ datapool_margin {margin:g} to the datapool)" if margin else ""
             log(f"selected {len(result.picks)} of the {k} requested: every other new sample is closer than "
-                f"stopping_condition_minimum_distance {minimum:g} to the datapool or these picks")
+                f"stopping_condition_minimum_distance {minimum or 0:g}{near} to the datapool or these picks")
         else:
             log(f"selected {len(result.picks)} of the {k} requested: the other new samples are exact copies of "
                 "datapool samples or of these picks, which would add nothing")
