@@ -19,7 +19,9 @@ share of the picks and its share of the data, mean and max coverage radius (dist
 its nearest datapool-or-selected sample; over all candidates in the JSON) and the share of outliers picked.
 3. The stopping condition: run 1 with `stopping_condition_minimum_distance`, run 2 on near-copies of run
    1's whole input (images: each image re-encoded as JPEG at quality 70 and shifted by 2 pixels, embedded
-   again; clusters: each vector + N(0, 0.002) per dimension) against run 1's picks, which should add nothing.
+   again, all of them and those the black + noise filter keeps; clusters: each vector + N(0, 0.002) per
+   dimension) against run 1's picks, which should add nothing: without and with `datapool_margin` (MARGIN_FACTOR
+   x the minimum distance); on the clusters also run 2 on new data drawn like run 1's, what the margin costs.
 4. Speed: weighted_greedy (every candidate rescored per pick) vs lazy_weighted_greedy on the same data, same
    picks, alternated, at several sizes (where select() should switch: LAZY_MIN_CANDIDATES).
 
@@ -117,10 +119,12 @@ def metrics(cand: np.ndarray, labels: np.ndarray, pool: np.ndarray, picks: np.nd
     }
 
 
-def config(typicality: float | None, minimum: float | None = None) -> Any:
+def config(typicality: float | None, minimum: float | None = None, margin: float | None = None) -> Any:
     div: dict[str, Any] = {"type": "DIVERSITY"}
     if minimum is not None:
         div["stopping_condition_minimum_distance"] = minimum
+    if margin:
+        div["datapool_margin"] = margin
     entries = [{"input": {"type": "EMBEDDINGS"}, "strategy": div}]
     if typicality is not None:
         entries.append({"input": {"type": "EMBEDDINGS"}, "strategy": {"type": "TYPICALITY", "strength": typicality}})
@@ -325,17 +329,20 @@ def image_set(n: int, k: int, seeds: int) -> dict[str, Any]:
             "with_datapool": scenario(f"images, {space}, with a datapool", cand, labels, pool, k, seeds,
                                       len(IMAGE_CLASSES), OUTLIER_SHARE, keeps),
         }
-    out["stopping"] = image_stopping(images, model, spaces)
+    out["stopping"] = image_stopping(images, model, spaces, keeps[STOP_FILTER], labels)
     return out
 
 
 # --- the stopping condition --------------------------------------------------------------------------------
 
 def second_run(cand: np.ndarray, copies: np.ndarray, k: int, minimum: float, label: str,
-               strength: float | None) -> dict[str, Any]:
-    cfg = config(strength, minimum)
+               strength: float | None, margin: float = 0.0, fresh: np.ndarray | None = None) -> dict[str, Any]:
+    """Run 1 on `cand` (empty datapool), run 2 on `copies` against run 1's picks; with `fresh` (new data of
+    the same kind), also run 2 on it: what the margin costs where the data is really new."""
+    cfg = config(strength, minimum, margin)
     first = strategies.select(cand, k, cfg)
-    second = strategies.select(copies, k, cfg, pool=cand[first.result.picks])
+    pool = cand[first.result.picks]
+    second = strategies.select(copies, k, cfg, pool=pool)
     covered = nearest(cand, cand[first.result.picks])
     moved = np.sqrt(np.maximum(2 - 2 * np.einsum("ij,ij->i", cand, copies), 0))
     row = {
@@ -347,11 +354,19 @@ def second_run(cand: np.ndarray, copies: np.ndarray, k: int, minimum: float, lab
         # Run 1's candidates whose coverage distance is within the copies' largest move of the minimum:
         # only their copies can land beyond it.
         "run_1_within_max_copy_move_of_minimum": int(((covered >= minimum - moved.max()) & (covered < minimum)).sum()),
+        "datapool_margin": margin,
     }
-    print(f"  {label:<28} run 1 selected {len(first.result.picks)} of {k} ({first.stop_reason}); run 2 on "
+    if fresh is not None:
+        new = strategies.select(fresh, k, cfg, pool=pool)
+        reach = nearest(fresh, np.concatenate([pool, fresh[new.result.picks]]))
+        row["second_run_on_new_data"] = {"selected": len(new.result.picks), "max_radius": float(reach.max()),
+                                         "mean_radius": float(reach.mean())}
+    print(f"  {label:<34} run 1 selected {len(first.result.picks)} of {k} ({first.stop_reason}); run 2 on "
           f"near-copies selected {len(second.result.picks)} ({second.stop_reason}, "
           f"{'first pick' if second.result.picks else 'farthest copy'} at {second.first_distance:.4f})"
-          + ("" if second.result.picks else " -> the run aborts: nothing left to add"))
+          + ("" if second.result.picks else " -> the run aborts: nothing left to add")
+          + (f"; on new data selected {row['second_run_on_new_data']['selected']}, max radius "
+             f"{row['second_run_on_new_data']['max_radius']:.3f}" if fresh is not None else ""))
     return row
 
 
@@ -362,8 +377,10 @@ def copy_distances(cand: np.ndarray, copies: np.ndarray) -> dict[str, float]:
             "copy_distance_max": float(moved.max()), "nearest_other_sample_median": float(np.median(nn))}
 
 
-def stopping_runs(name: str, cand: np.ndarray, copies: np.ndarray, factor: float) -> dict[str, Any]:
-    """Runs 1 and 2 with the minimum distance = `factor` x the median distance of a sample to its near-copy."""
+def stopping_runs(name: str, cand: np.ndarray, copies: np.ndarray, factor: float,
+                  fresh: np.ndarray | None = None) -> dict[str, Any]:
+    """Runs 1 and 2 with the minimum distance = `factor` x the median distance of a sample to its near-copy,
+    without and with the recommended datapool_margin (MARGIN_FACTOR x the minimum distance)."""
     dist = copy_distances(cand, copies)
     minimum = factor * dist["copy_distance_median"]
     print(f"\nstopping, {name}: near-copies moved by {dist['copy_distance_median']:.4f} (median), "
@@ -372,14 +389,22 @@ def stopping_runs(name: str, cand: np.ndarray, copies: np.ndarray, factor: float
           f"{minimum:.4f} (cosine similarity {1 - minimum ** 2 / 2:.4f})")
     out: dict[str, Any] = {**dist, "factor_of_copy_median": factor, "stopping_condition_minimum_distance": minimum}
     for label, strength in (("DIVERSITY", None), (f"DIVERSITY+TYPICALITY {RECOMMENDED:g}", RECOMMENDED)):
-        out[label] = second_run(cand, copies, len(cand), minimum, label, strength)
+        for margin in (0.0, MARGIN_FACTOR * minimum):
+            named = label + (f", margin {margin:.3f}" if margin else "")
+            out[named] = second_run(cand, copies, len(cand), minimum, named, strength, margin, fresh)
     return out
 
 
-def image_stopping(images: list[bytes], model: Any, spaces: dict[str, Any]) -> dict[str, Any]:
+def image_stopping(images: list[bytes], model: Any, spaces: dict[str, Any], keep: np.ndarray,
+                   labels: np.ndarray) -> dict[str, Any]:
+    """Both runs on all images, and on the images the black + noise filter keeps (the filter run on the
+    copies too, as the second run would)."""
     rng = np.random.default_rng(9)
     copies = [near_copy(b, rng) for b in images]
-    out: dict[str, Any] = {"near_copies": "each image shifted by 2 pixels and re-encoded as JPEG at quality 70"}
+    copy_keeps, _ = degenerate_filters(copies, model.image_size, labels)
+    kept = keep & copy_keeps[STOP_FILTER]
+    out: dict[str, Any] = {"near_copies": "each image shifted by 2 pixels and re-encoded as JPEG at quality 70",
+                           "filtered": f"{STOP_FILTER}: {int(kept.sum())} of {len(images)} images and copies kept"}
     embedded = {f"open_clip {IMAGE_MODEL} random weights": embed_model(copies, model),
                 "deterministic features": None}
     feats = embed_features(images + copies)  # centred together, as one embedding space
@@ -388,20 +413,40 @@ def image_stopping(images: list[bytes], model: Any, spaces: dict[str, Any]) -> d
         if copy is None:
             cand, copy = feats[: len(images)], feats[len(images) :]
         out[space] = {f: stopping_runs(f"images, {space}", cand, copy, f) for f in STOP_FACTORS}
+        out[f"{space}, {STOP_FILTER}"] = {f: stopping_runs(f"images, {space}, {STOP_FILTER}", cand[kept], copy[kept], f)
+                                          for f in STOP_FACTORS}
     return out
 
 
 STOP_FACTORS = (4.0, 8.0)
+# The recommended datapool_margin, as a multiple of the minimum distance.
+MARGIN_FACTOR = 1.0
+STOP_FILTER = "rec. + black/noise filter"
 
 
 def synthetic_stopping(rng: np.random.Generator, centers: np.ndarray, n: int) -> dict[str, Any]:
     cand, _ = make_data(rng, n, centers)
     copies = unit(cand + rng.normal(scale=0.002, size=cand.shape))
-    out = {"near_copies": "each vector + N(0, 0.002) per dimension, renormalised"}
-    out.update({str(f): stopping_runs("clusters", cand, copies, f) for f in STOP_FACTORS})
+    fresh, _ = make_data(rng, n, centers)
+    out = {"near_copies": "each vector + N(0, 0.002) per dimension, renormalised",
+           "new_data": f"{n} new vectors drawn like the first run's (what the margin costs on new data)"}
+    out.update({str(f): stopping_runs("clusters", cand, copies, f, fresh) for f in STOP_FACTORS})
     print(f"\nstopping, clusters: absolute minimum distance {MIN_DISTANCE}")
     both = (("DIVERSITY", None), (f"DIVERSITY+TYPICALITY {RECOMMENDED:g}", RECOMMENDED))
     out["absolute_0.5"] = {label: second_run(cand, copies, n, MIN_DISTANCE, label, s) for label, s in both}
+    return out
+
+
+def stopping_verdict(spaces: dict[str, dict[str, Any]]) -> dict[str, bool]:
+    """Per space, minimum-distance factor and selection: did run 2 on the near-copies select nothing?"""
+    out = {}
+    for space, factors in spaces.items():
+        for factor, rows in factors.items():
+            if not isinstance(rows, dict) or "factor_of_copy_median" not in rows:
+                continue
+            for sel, row in rows.items():
+                if isinstance(row, dict) and "second_run_on_near_copies" in row:
+                    out[f"{space}, {factor} x copy median: {sel}"] = row["second_run_on_near_copies"]["selected"] == 0
     return out
 
 
@@ -478,6 +523,12 @@ def main() -> None:
         for sel, t in v.items():
             print(f"  {name:<58}{sel:<28}" + "  ".join(f"{key}={'yes' if ok else 'NO'}" for key, ok in t.items()))
     stop = synthetic_stopping(rng, centers, n // 2)
+    verdict["stopping: a second run on near-copies adds nothing"] = stopping_verdict(
+        {"clusters": stop, **{f"images {space}": runs for space, runs in images["stopping"].items()
+                              if isinstance(runs, dict)}})
+    print("\nstopping target (run 2 on near-copies selects nothing, so the run aborts):")
+    for sel, ok in verdict["stopping: a second run on near-copies adds nothing"].items():
+        print(f"  {sel:<100}{'yes' if ok else 'NO'}")
     fast = speed(sizes, k_speed, repeats)
     write_result("quality", args.quick, {
         "cpu_model": cpu_model(),
