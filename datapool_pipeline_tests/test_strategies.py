@@ -104,6 +104,9 @@ def test_datapool_margin_keeps_picks_away_from_the_pool_not_from_each_other() ->
     # A margin alone (no minimum distance) keeps near-copies of the pool out and picks as many as asked.
     near = strategies.select(cand, 20, selection(margin=0.3), pool=pool)
     assert len(near.result.picks) == 20 and pool_d[near.result.picks].min() >= 0.3
+    # Without a datapool the margin changes nothing: exactly greedy k-center's picks.
+    assert strategies.select(cand, 30, selection(margin=0.3), seed=3).result.picks == greedy_k_center(
+        cand, 30, seed=3).picks
 
 
 def test_datapool_margin_a_second_run_on_moved_copies_adds_nothing() -> None:

@@ -253,7 +253,8 @@ def select(
     if len(balance) != len(selection.metadata_entries("BALANCE")):
         raise ValueError("BALANCE is configured: pass one BalanceTerm per entry (workflow/user_metadata.py)")
     plain = typicality is None and similar is None and metadata_bonus is None and not balance
-    if plain and not diversity.datapool_margin:  # the margin is applied by the combined greedies
+    has_pool = pool_index is not None or (pool is not None and len(pool) > 0)
+    if plain and not (diversity.datapool_margin and has_pool):  # the combined greedies apply the margin
         return _diversity_only(candidates, k, diversity, pool=pool, pool_index=pool_index,
                                exact_max_pairs=exact_max_pairs, seed=seed, preselected=preselected)
     x = np.ascontiguousarray(candidates, np.float32)
