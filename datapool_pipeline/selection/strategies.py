@@ -69,7 +69,8 @@ _BLOCK_ROWS = 1024
 # select() uses lazy_weighted_greedy from this many candidates on. Measured (benchmarks/bench_quality.py --quick, 512-d,
 # DIVERSITY + TYPICALITY 0.5, k = 200, OpenBLAS's default 2 threads on a loaded 2-core machine; its products through
 # kcenter.small_product, one thread): 2.5-8.5x faster at 2,000 and 5,000 candidates, 2.0-6.8x at 20,000; 0.7-1.4x at
-# 1,000, 0.2-0.3x at 500 (where both take under 0.2 s; docs/performance.md).
+# 1,000, 0.2-0.3x at 500 (where both take under 0.2 s). On an idle machine: 0.3-0.4x at 2,000 (0.06 s vs 0.2 s),
+# 0.5-1.0x at 5,000, 1.3-2.3x at 20,000 (docs/performance.md).
 LAZY_MIN_CANDIDATES = 2_000
 # Rows per block of lazy_weighted_greedy.
 LAZY_BLOCK_ROWS = 1024
