@@ -8,6 +8,7 @@ import dagster as dg
 
 from datapool_pipeline.assets import DatasetAssets, build_dataset_assets
 from datapool_pipeline.assets.checks import build_datapool_checks
+from datapool_pipeline.assets.console import LOGGERS
 from datapool_pipeline.assets.executors import BACKFILL_EXECUTOR_ENV, executor_from_env
 from datapool_pipeline.assets.resources import storage_resources
 from datapool_pipeline.assets.ui_launch import build_launch_job, build_launch_sensor
@@ -35,6 +36,7 @@ def build_definitions(datasets_path: str | None = None) -> dg.Definitions:
         jobs=[j for b in built.values() for j in (b.job, build_launch_job(b))],
         sensors=[s for b in built.values() for s in (build_sensor(b), build_launch_sensor(b))],
         executor=backfill_executor(),
+        loggers=LOGGERS,
         resources={
             **{k: v for b in built.values() for k, v in b.resources.items()},
             **storage_resources([b.spec for b in built.values()]),  # S3/GCS/AzureBlobStorageResource per side
@@ -48,7 +50,7 @@ def job_for_dataset(dataset: str, datasets_path: str | None = None, content: str
     specs = load_datasets(datasets_path)
     built = build_all({dataset: specs[dataset]})[dataset]
     defs = dg.Definitions(
-        assets=built.assets, asset_checks=build_datapool_checks(built.spec), jobs=[built.job],
+        assets=built.assets, asset_checks=build_datapool_checks(built.spec), jobs=[built.job], loggers=LOGGERS,
         resources={**built.resources, **storage_resources([built.spec])},
     )
     return defs.resolve_job_def(built.job.name)

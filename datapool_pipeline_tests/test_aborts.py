@@ -57,7 +57,7 @@ def test_unknown_config_field_is_named(cli, video_dataset, tmp_path) -> None:
 
 
 @pytest.mark.slow
-def test_dataset_aborts(cli, video_dataset) -> None:
+def test_dataset_aborts(cli, video_dataset, capfd) -> None:
     yaml_path, input_dir, output = video_dataset
     ds = ("--datasets", str(yaml_path))
 
@@ -83,8 +83,13 @@ def test_dataset_aborts(cli, video_dataset) -> None:
     # b.mov is new, so process_all considers a.mov too; its frames are all in the pool already.
     assert cli(*ds, "run", "videos-datapool", "--use-datapool", "--n-samples", "100").code == 0
     before = snapshot(output)
+    capfd.readouterr()
     nothing_left = cli(*ds, "run", "videos-datapool", "--use-datapool", "--process-all", "--n-samples", "5")
     assert nothing_left.code == 1 and "nothing left to add" in nothing_left.err
+    # The run's console log names the reason, without a stack trace (the step's process writes to the
+    # redirected sys.stderr when it runs in this process, to the file descriptor otherwise).
+    console = nothing_left.err + "".join(capfd.readouterr())
+    assert "STEP_FAILURE" in console and "Failure: nothing left to add" in console and "Stack Trace" not in console
     assert committed(output) == ["00000001.json", "00000002.json"]
     assert {k for k in snapshot(output) if "/commits/" in k or "/samples/" in k} == {
         k for k in before if "/commits/" in k or "/samples/" in k

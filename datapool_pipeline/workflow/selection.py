@@ -216,9 +216,10 @@ def select_for_run(
                 f"nothing left to add: the {new.height} new sample(s) are exact copies of datapool samples"
             )
         if outcome.stop_reason == strategies.MINIMUM_DISTANCE:
-            near = f" (+ datapool_margin {margin:g} to the datapool)" if margin else ""
-            log(f"selected {len(result.picks)} of the {k} requested: every other new sample is closer than "
-                f"stopping_condition_minimum_distance {minimum or 0:g}{near} to the datapool or these picks")
+            rule = (f"stopping_condition_minimum_distance {minimum or 0:g} to these picks or than "
+                    f"{(minimum or 0) + margin:g} (+ datapool_margin {margin:g}) to the datapool" if margin else
+                    f"stopping_condition_minimum_distance {minimum:g} to the datapool or these picks")
+            log(f"selected {len(result.picks)} of the {k} requested: every other new sample is closer than {rule}")
         else:
             log(f"selected {len(result.picks)} of the {k} requested: the other new samples are exact copies of "
                 "datapool samples or of these picks, which would add nothing")
