@@ -65,6 +65,7 @@ def _entry(
             "requested": record.get("requested"), "selected": record.get("selected"),
             "stop_reason": record.get("stop_reason"),
             "stopping_condition_minimum_distance": setting.get("stopping_condition_minimum_distance"),
+            "datapool_margin": setting.get("datapool_margin"),
             "first_distance": finite(record.get("first_distance")),
         }  # fmt: skip
     elif kind == "TYPICALITY":
