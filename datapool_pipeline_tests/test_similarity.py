@@ -74,6 +74,25 @@ def test_similarity_stays_datapool_aware_copies_of_the_pool_are_never_picked() -
     assert similarity[out.result.picks].mean() > similarity[plain.result.picks].mean()
 
 
+def test_a_strong_similarity_never_buys_near_copies_of_a_pick() -> None:
+    """Near-copies of the most similar sample score as high as it; the novelty floor keeps them out while
+    farther candidates remain (NOVELTY_FLOOR), for the reference and the lazy greedy alike."""
+    x, _ = clustered()
+    copies = unit(x[5] + np.random.default_rng(0).normal(scale=0.003, size=(5, x.shape[1])))
+    cand = np.concatenate([x, copies])
+    _, similarity = strategies.similarity_scores(cand, x[5:6])
+    config = selection_with(similarity_entry(10.0, keys=["q.png"]))
+    out = strategies.select(cand, 10, config, similarity=similarity)
+    group = {5, *range(len(x), len(cand))}
+    assert out.result.picks[0] in group and len(group & set(out.result.picks)) == 1
+    picked = cand[out.result.picks]
+    apart = np.sqrt(np.maximum(2 - 2 * picked @ picked.T, 0)) + 4 * np.eye(len(picked))
+    assert apart.min() > 0.05  # the copies are 0.004-0.02 from each other
+    bonus = 10.0 * similarity
+    lazy = strategies.lazy_weighted_greedy(cand, 10, np.full(len(cand), 4.0), bonus=bonus, block_rows=64)
+    assert lazy.result.picks == strategies.weighted_greedy(cand, 10, np.full(len(cand), 4.0), bonus=bonus).result.picks
+
+
 def test_diversity_alone_is_unchanged_and_similarity_needs_its_scores() -> None:
     x, _ = clustered()
     out = strategies.select(x, 30, selection_with(), pool=x[:20], seed=2)

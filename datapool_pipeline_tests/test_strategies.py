@@ -178,7 +178,7 @@ def _balance_term(codes: np.ndarray) -> strategies.BalanceTerm:
 
 @pytest.mark.parametrize("typicality", [True, False])
 @pytest.mark.parametrize("with_pool", [True, False])
-@pytest.mark.parametrize("extra", ["none", "minimum", "bonus", "balance", "preselected", "margin"])
+@pytest.mark.parametrize("extra", ["none", "minimum", "bonus", "balance", "preselected", "margin", "strong_bonus"])
 def test_lazy_greedy_picks_exactly_what_the_reference_greedy_picks(
     typicality: bool, with_pool: bool, extra: str
 ) -> None:
@@ -192,6 +192,7 @@ def test_lazy_greedy_picks_exactly_what_the_reference_greedy_picks(
         "balance": {"balance": [_balance_term(rng.integers(-1, 2, size=len(cand)))]},
         "preselected": {"preselected": [7, 3]},
         "margin": {"minimum_distance": 0.25, "datapool_margin": 0.1},
+        "strong_bonus": {"bonus": 20.0 * rng.random(len(cand))},  # the novelty floor decides many steps
         "none": {},
     }[extra]
     hood = strategies.typicality_neighbours(cand) if typicality else None

@@ -30,6 +30,10 @@ the selection goes on, and datapool-aware: d counts the datapool).
   that have a value: the candidates of the category furthest under its target get the full strength, those
   of categories at or over target (or without a value) nothing.
 
+Near-copies: a step only picks among candidates whose u is at least NOVELTY_FLOOR (2%) of the largest u, so a
+strong bonus cannot buy a near-copy of a pick or of a datapool sample (its d, hence u, is tiny) while farther
+candidates remain; exact copies (d = 0) are never picked. DIVERSITY alone picks the largest u and is unaffected.
+
 `stopping_condition_minimum_distance` m (the vendor's: stop once the farthest candidate is closer than m
 to the datapool and the picks): only candidates at least m away can be picked, and the selection stops when
 none is left. Every pick is then at least m from the datapool and the earlier picks, and when the run
@@ -74,6 +78,10 @@ _BLOCK_ROWS = 1024
 LAZY_MIN_CANDIDATES = 2_000
 # Rows per block of lazy_weighted_greedy.
 LAZY_BLOCK_ROWS = 1024
+# A pick's diversity term u must be at least this share of the largest u among the pickable candidates, so that a
+# strong bonus (SIMILARITY, WEIGHTS, BALANCE) never buys a near-copy of a pick or of a datapool sample while farther
+# candidates remain (DIVERSITY alone picks the largest u, so it is never affected).
+NOVELTY_FLOOR = 0.02
 # Distances are capped here: the largest distance of unit vectors (an empty datapool is "as far as can be").
 _FAR = 2.0
 
@@ -459,9 +467,9 @@ def weighted_greedy(
         c = _capped(d2)
         u, g = objective.u(c, rows), objective.g(c, rows)
         per_category = picks.per_category()
-        score = objective.scores(u, g, float(u[eligible].max()), float(g[eligible].max()),
-                                 *objective.extras(rows, per_category))
-        score[~eligible] = -np.inf
+        top_u = float(u[eligible].max())
+        score = objective.scores(u, g, top_u, float(g[eligible].max()), *objective.extras(rows, per_category))
+        score[~eligible | (u < NOVELTY_FLOOR * top_u)] = -np.inf
         best = int(np.argmax(score))
         if np.isnan(first):
             first = float(np.sqrt(d2[best]))
@@ -650,7 +658,7 @@ def lazy_weighted_greedy(
             batch = 32
             while True:
                 score = objective.scores(u_st[rows], g_st[rows], best_u, best_g, *objective.extras(rows, per_category))
-                score[closed[rows]] = -np.inf
+                score[closed[rows] | (u_st[rows] < NOVELTY_FLOOR * best_u)] = -np.inf  # u_st >= u: exact if below
                 exact = is_exact(rows) & ~closed[rows]
                 if exact.any():
                     j = int(np.argmax(np.where(exact, score, -np.inf)))

@@ -62,7 +62,11 @@ def test_relevant_videos_are_decoded_alone_the_rest_later_and_balance_counts_the
     input_dir, output = tmp_path / "input", tmp_path / "lightly"
     path = write_datasets_yaml(tmp_path / "datasets.yaml", "videos-datapool", "VIDEOS", str(input_dir), str(output),
                                extra="    metadata: {file: labels.csv}\n")
-    add_videos(input_dir, ["a.mp4", "b.mp4", "c.mp4", "d.mp4"], seconds=1)  # 10 frames each
+    add_videos(input_dir, ["a.mp4", "b.mp4", "c.mp4"], seconds=1)  # 10 frames each
+    # The night clip: 3 s of colour bars whose hue turns 120 degrees, so that its frames are not near-copies of
+    # each other and BALANCE can pick three of them (a pick must pass strategies.NOVELTY_FLOOR; a 1-second
+    # clip of a black-and-white source, whose hue cannot turn, has no third frame that does).
+    add_videos(input_dir, ["d.mp4"], first_source=4, seconds=3)
     (input_dir / "labels.csv").write_text("raw_key,light\na.mp4,day\nb.mp4,day\nc.mp4,day\nd.mp4,night\n")
     store = DatapoolStore(LocalStorage(output))
 
