@@ -191,6 +191,11 @@ IMAGE_SIDE = 96
 IMAGE_MODEL = "ViT-S-32"
 
 
+def model_space(model: str, pretrained: str | None) -> str:
+    """The name of the open_clip embedding space in the printout and the JSON."""
+    return f"open_clip {model} {pretrained or 'random weights'}"
+
+
 def draw_image(rng: np.random.Generator, label: int) -> Any:
     """One picture of class `label` (a shape of its colour, at a random size and place, on a random dark
     background with some clutter), or an outlier for label -1: noise, black or a blurred scene."""
@@ -305,18 +310,15 @@ def embed_features(images: list[bytes]) -> np.ndarray:
     return unit(x - x.mean(axis=0))
 
 
-def image_set(n: int, k: int, seeds: int) -> dict[str, Any]:
-    from datapool_pipeline.datasets import EmbeddingSpec
-    from datapool_pipeline.embedding.model import load_model
-
+def image_set(n: int, k: int, seeds: int, model: Any, model_name: str) -> dict[str, Any]:
+    """`model`: the loaded open_clip model whose embedding space is named `model_name` (model_space)."""
     rng = np.random.default_rng(7)
     images, labels = make_images(rng, n)
     pool_images, _ = make_images(np.random.default_rng(8), n // 8)
-    model = load_model(EmbeddingSpec(model=IMAGE_MODEL, pretrained=None, seed=0))
     (emb, pool_emb), embed_s = timed(lambda: (embed_model(images, model), embed_model(pool_images, model)))
     feats_all = embed_features(images + pool_images)
     keeps, dropped = degenerate_filters(images, model.image_size, labels)
-    spaces = {f"open_clip {IMAGE_MODEL} random weights": (emb, pool_emb),
+    spaces = {model_name: (emb, pool_emb),
               "deterministic features": (feats_all[:n], feats_all[n:])}
     out: dict[str, Any] = {"images": n, "k": k, "classes": [f"{s} {c}" for s, c, _ in IMAGE_CLASSES],
                            "class_shares": [w / sum(c[2] for c in IMAGE_CLASSES) for *_, w in IMAGE_CLASSES],
@@ -329,7 +331,7 @@ def image_set(n: int, k: int, seeds: int) -> dict[str, Any]:
             "with_datapool": scenario(f"images, {space}, with a datapool", cand, labels, pool, k, seeds,
                                       len(IMAGE_CLASSES), OUTLIER_SHARE, keeps),
         }
-    out["stopping"] = image_stopping(images, model, spaces, keeps[STOP_FILTER], labels)
+    out["stopping"] = image_stopping(images, model, spaces, keeps[STOP_FILTER], labels, model_name)
     return out
 
 
@@ -396,7 +398,7 @@ def stopping_runs(name: str, cand: np.ndarray, copies: np.ndarray, factor: float
 
 
 def image_stopping(images: list[bytes], model: Any, spaces: dict[str, Any], keep: np.ndarray,
-                   labels: np.ndarray) -> dict[str, Any]:
+                   labels: np.ndarray, model_name: str) -> dict[str, Any]:
     """Both runs on all images, and on the images the black + noise filter keeps (the filter run on the
     copies too, as the second run would)."""
     rng = np.random.default_rng(9)
@@ -405,8 +407,7 @@ def image_stopping(images: list[bytes], model: Any, spaces: dict[str, Any], keep
     kept = keep & copy_keeps[STOP_FILTER]
     out: dict[str, Any] = {"near_copies": "each image shifted by 2 pixels and re-encoded as JPEG at quality 70",
                            "filtered": f"{STOP_FILTER}: {int(kept.sum())} of {len(images)} images and copies kept"}
-    embedded = {f"open_clip {IMAGE_MODEL} random weights": embed_model(copies, model),
-                "deterministic features": None}
+    embedded = {model_name: embed_model(copies, model), "deterministic features": None}
     feats = embed_features(images + copies)  # centred together, as one embedding space
     for space, (cand, _) in spaces.items():
         copy = embedded[space]
@@ -494,7 +495,19 @@ def speed(sizes: tuple[int, ...], k: int, repeats: int) -> dict[str, Any]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--model", default=IMAGE_MODEL, help=f"open_clip architecture for the image set (default "
+                        f"{IMAGE_MODEL}, which open_clip has no weights for)")
+    parser.add_argument("--pretrained", default=None, metavar="TAG",
+                        help="its weights (e.g. --model ViT-B-32 --pretrained laion2b_s34b_b79k, or a local checkpoint "
+                        "path; needs the weights): the image set on real features. Default: random weights")
     args = parser.parse_args()
+    from datapool_pipeline.datasets import EmbeddingSpec
+    from datapool_pipeline.embedding.model import ModelLoadError, load_model
+
+    try:  # loaded first, so that missing weights fail before minutes of work, saying what to do
+        image_model = load_model(EmbeddingSpec(model=args.model, pretrained=args.pretrained, seed=0))
+    except ModelLoadError as exc:
+        raise SystemExit(f"bench_quality: {exc}") from None
     n, k, seeds = (4000, 100, 20) if args.quick else (20000, 400, 50)
     n_img, k_img = (1200, 60) if args.quick else (3000, 150)
     sizes, k_speed, repeats = ((2000, 5000, 20000), 200, 2) if args.quick else ((20000, 100000), 500, 2)
@@ -508,12 +521,12 @@ def main() -> None:
         "with_datapool": scenario("clusters, with a datapool", cand, labels, pool, k, seeds, len(CLUSTERS),
                                   OUTLIER_SHARE),
     }
-    images = image_set(n_img, k_img, seeds)
+    images = image_set(n_img, k_img, seeds, image_model, model_space(args.model, args.pretrained))
     label = f"DIVERSITY+TYPICALITY {RECOMMENDED:g}"
     verdict: dict[str, Any] = {}
     for name, rows in results.items():
         verdict[f"clusters {name}"] = {sel: targets(rows, sel, OUTLIER_SHARE) for sel in ("DIVERSITY", label)}
-    for space in (f"open_clip {IMAGE_MODEL} random weights", "deterministic features"):
+    for space in (model_space(args.model, args.pretrained), "deterministic features"):
         for name in ("empty_datapool", "with_datapool"):
             rows = images[space][name]
             verdict[f"images {space} {name}"] = {sel: targets(rows, sel, OUTLIER_SHARE)
@@ -533,7 +546,8 @@ def main() -> None:
     write_result("quality", args.quick, {
         "cpu_model": cpu_model(),
         "setup": {"candidates": n, "k": k, "dim": DIM, "random_seeds": seeds, "outlier_share": OUTLIER_SHARE,
-                  "clusters": CLUSTERS, "datapool": len(pool),
+                  "clusters": CLUSTERS, "datapool": len(pool), "image_model": args.model,
+                  "image_model_pretrained": args.pretrained,
                   "radius": "distance of each inlier candidate to its nearest datapool-or-selected sample",
                   "class_share_max_gap": "largest |share of the picks - share of the data| over the classes"},
         "recommended": {"strategies": ["DIVERSITY", "TYPICALITY"], "typicality_strength": RECOMMENDED},
