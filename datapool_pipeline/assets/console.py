@@ -10,7 +10,7 @@ import logging
 import dagster as dg
 from dagster._loggers import colored_console_logger
 
-_FAILURE = "dagster._core.definitions.events.Failure: "
+_FAILURE = f"{dg.Failure.__module__}.{dg.Failure.__qualname__}: "  # how Dagster names it in an error line
 _STACK = "\nStack Trace:\n"
 
 
