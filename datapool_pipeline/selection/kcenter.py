@@ -88,7 +88,6 @@ def _as_unit_float32(x: np.ndarray) -> np.ndarray:
 Rows = Callable[[np.ndarray], np.ndarray]
 
 
-
 def squared_norm_range(x: np.ndarray, chunk: int = _ROWS_CHUNK) -> tuple[float, float]:
     """Bounds lo <= |row|^2 <= hi over the rows of x (float32 sums, widened by their error bound)."""
     if len(x) == 0:
